@@ -1,0 +1,225 @@
+"""Build the workbook's offline models: `tiny-random` and `tiny-phrasebook`.
+
+Both are Qwen2-architecture models, so vLLM runs them with its real Qwen2 implementation and
+whatever a lab shows about them transfers to real Qwen models. `tiny-phrasebook` is trained on
+the CPU until greedy decoding reproduces the phrasebook, so labs show text that means something
+and later labs can check exact outputs.
+
+Builds are cached: each model folder holds `build_info.json` with a key over the data, the
+config and this file's build version; a matching key means there is nothing to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+from labs.models.phrasebook import DATA_DIR, load_phrasebook, translation_messages
+from labs.models.resolve import WORKBOOK_MODELS_DIR
+from labs.models.tokenizer import train_tokenizer
+
+BUILD_VERSION = 2  # bump when the build's behaviour changes, so cached models are rebuilt
+MIN_PHRASEBOOK_ACCURACY = 0.95
+
+
+@dataclass(frozen=True)
+class TinyModelConfig:
+    """Shape of both tiny models, each value chosen for vLLM's CPU backend and a 2-core budget."""
+
+    hidden_size: int = 256  # 4 heads x head_dim 64: vLLM's CPU attention rejects head_dim 16
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2  # grouped-query attention, as in real Qwen2: 2 query heads per KV head
+    num_hidden_layers: int = 4  # enough capacity to memorise ~320 pairs within the time budget
+    intermediate_size: int = 768  # 3x hidden, SwiGLU MLP
+    max_position_embeddings: int = 2048  # room for the capstone's multi-sentence chunks
+    rope_theta: float = 10000.0
+    seed: int = 0  # weights (random or trained) are a function of this seed and the data
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training recipe for tiny-phrasebook: memorisation, so large steps and many epochs."""
+
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    warmup_steps: int = 30
+    max_epochs: int = 100  # a cap; training stops at the first evaluation that meets the target
+    first_eval_epoch: int = 40  # evaluating costs ~2 s; before epoch ~40 the model is not there yet
+    eval_every_epochs: int = 10
+    stop_accuracy: float = 0.995  # stop once (nearly) every pair is reproduced exactly
+    # No wall-clock cut-off on purpose: a time limit would make the weights depend on machine load.
+    # ~70 epochs take ~2.5 minutes on 2 cores (budget: 5); the build log prints the time.
+    num_threads: int = 2  # fixed, so the float reductions (and the weights) do not vary with core count
+
+
+def _data_fingerprint() -> str:
+    h = hashlib.sha256()
+    for path in sorted(DATA_DIR.iterdir()):
+        h.update(path.name.encode() + path.read_bytes())
+    return h.hexdigest()
+
+
+def _build_key(name: str, model_cfg: TinyModelConfig, train_cfg: TrainConfig | None) -> str:
+    payload = {
+        "name": name, "version": BUILD_VERSION, "data": _data_fingerprint(),
+        "model": asdict(model_cfg), "train": asdict(train_cfg) if train_cfg else None,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _is_built(out_dir: Path, key: str) -> bool:
+    info = out_dir / "build_info.json"
+    return info.is_file() and json.loads(info.read_text()).get("key") == key
+
+
+def _qwen2_config(cfg: TinyModelConfig, tok: PreTrainedTokenizerFast) -> Qwen2Config:
+    return Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        rope_theta=cfg.rope_theta,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tok.pad_token_id,
+        torch_dtype="bfloat16",
+    )
+
+
+def _save(model: Qwen2ForCausalLM, tok: PreTrainedTokenizerFast, out_dir: Path, info: dict) -> None:
+    """Write atomically: a half-written model folder must never look like a finished build."""
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.generation_config.eos_token_id = [tok.convert_tokens_to_ids("<|im_end|>"), tok.pad_token_id]
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.do_sample = False
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    (tmp / "build_info.json").write_text(json.dumps(info, indent=2, ensure_ascii=False))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+
+
+def encode_example(tok: PreTrainedTokenizerFast, ja: str, zh: str | None = None) -> tuple[list[int], list[int]]:
+    """Token ids of the translation prompt for `ja`, and of the expected answer (zh + <|im_end|>)."""
+    prompt_ids = tok.apply_chat_template(translation_messages(ja), add_generation_prompt=True, return_dict=False)
+    answer_ids = tok(zh, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] if zh is not None else []
+    return list(prompt_ids), answer_ids
+
+
+@torch.inference_mode()
+def greedy_translate(model: Qwen2ForCausalLM, tok: PreTrainedTokenizerFast, ja_list: list[str],
+                     max_new_tokens: int = 48, batch_size: int = 64) -> list[str]:
+    """Greedy translations with HF `generate` (left-padded batches), the reference vLLM is checked against."""
+    tok.padding_side = "left"
+    outputs: list[str] = []
+    for start in range(0, len(ja_list), batch_size):
+        prompts = [encode_example(tok, ja)[0] for ja in ja_list[start:start + batch_size]]
+        batch = tok.pad({"input_ids": prompts}, return_tensors="pt")
+        generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+        new_ids = generated[:, batch["input_ids"].shape[1]:]
+        outputs.extend(tok.batch_decode(new_ids, skip_special_tokens=True))
+    return outputs
+
+
+def phrasebook_accuracy(model: Qwen2ForCausalLM, tok: PreTrainedTokenizerFast) -> float:
+    entries = load_phrasebook()
+    got = greedy_translate(model, tok, [e.ja for e in entries])
+    return sum(g == e.zh for g, e in zip(got, entries)) / len(entries)
+
+
+def _train(model: Qwen2ForCausalLM, tok: PreTrainedTokenizerFast, cfg: TrainConfig, log) -> dict:
+    entries = load_phrasebook()
+    examples = [encode_example(tok, e.ja, e.zh) for e in entries]
+    gen = torch.Generator().manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.0, betas=(0.9, 0.98))
+    steps_per_epoch = -(-len(examples) // cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.max_epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) * max(0.1, 1 - s / total_steps))
+    start, accuracy, epoch = time.monotonic(), 0.0, 0
+    for epoch in range(1, cfg.max_epochs + 1):
+        model.train()
+        order = torch.randperm(len(examples), generator=gen).tolist()
+        epoch_loss = 0.0
+        for b in range(0, len(order), cfg.batch_size):
+            batch = [examples[i] for i in order[b:b + cfg.batch_size]]
+            seq_len = max(len(p) + len(a) for p, a in batch)
+            input_ids = torch.full((len(batch), seq_len), tok.pad_token_id)  # (batch, seq_len)
+            labels = torch.full((len(batch), seq_len), -100)
+            for row, (p, a) in enumerate(batch):
+                ids = p + a
+                input_ids[row, :len(ids)] = torch.tensor(ids)
+                # position t predicts token t+1: supervise only the answer tokens
+                labels[row, len(p) - 1:len(ids) - 1] = torch.tensor(a)
+            hidden = model.model(input_ids=input_ids).last_hidden_state  # (batch, seq_len, hidden)
+            mask = labels != -100
+            logits = model.lm_head(hidden[mask])  # (num_answer_tokens, vocab): skip the prompt's logits
+            loss = torch.nn.functional.cross_entropy(logits, labels[mask])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            epoch_loss += loss.item()
+        elapsed = time.monotonic() - start
+        if (epoch >= cfg.first_eval_epoch and epoch % cfg.eval_every_epochs == 0) or epoch == cfg.max_epochs:
+            model.eval()
+            accuracy = phrasebook_accuracy(model, tok)
+            log(f"  epoch {epoch:3d}  loss {epoch_loss / steps_per_epoch:.4f}  "
+                f"phrasebook exact {accuracy:.1%}  ({elapsed:.0f}s)")
+            if accuracy >= cfg.stop_accuracy:
+                break
+    return {"epochs": epoch, "train_seconds": round(time.monotonic() - start, 1), "phrasebook_accuracy": accuracy}
+
+
+def build_model(name: str, out_root: Path = WORKBOOK_MODELS_DIR, force: bool = False, log=print) -> Path:
+    """Build `tiny-random` or `tiny-phrasebook` into `out_root/name` unless an identical build exists.
+
+    Returns:
+        The model folder.
+
+    Raises:
+        RuntimeError: tiny-phrasebook did not reach the accuracy target.
+    """
+    if name not in ("tiny-random", "tiny-phrasebook"):
+        raise ValueError(f"unknown model {name!r}; choose tiny-random or tiny-phrasebook")
+    model_cfg, train_cfg = TinyModelConfig(), TrainConfig() if name == "tiny-phrasebook" else None
+    out_dir = out_root / name
+    key = _build_key(name, model_cfg, train_cfg)
+    if not force and _is_built(out_dir, key):
+        log(f"{name}: up to date in {out_dir}")
+        return out_dir
+    log(f"{name}: building into {out_dir}")
+    torch.set_num_threads(TrainConfig.num_threads)
+    torch.manual_seed(model_cfg.seed)
+    tok = train_tokenizer(out_root / "tokenizer")
+    model = Qwen2ForCausalLM(_qwen2_config(model_cfg, tok)).float()
+    info: dict = {"key": key, "name": name, "model": asdict(model_cfg)}
+    if train_cfg is not None:
+        info["train"] = asdict(train_cfg) | _train(model, tok, train_cfg, log)
+    # Saved in bfloat16, the dtype vLLM's CPU and GPU backends run it in, so both engines (and HF,
+    # which upcasts losslessly to float32) read the very same weights. Accuracy is measured after.
+    model = model.to(torch.bfloat16).float()
+    if train_cfg is not None:
+        info["train"]["phrasebook_accuracy"] = accuracy = phrasebook_accuracy(model.eval(), tok)
+        log(f"  phrasebook exact after rounding to bfloat16: {accuracy:.1%}")
+        if accuracy < MIN_PHRASEBOOK_ACCURACY:
+            raise RuntimeError(
+                f"tiny-phrasebook reached only {accuracy:.1%} exact phrasebook translations "
+                f"(target {MIN_PHRASEBOOK_ACCURACY:.0%}); the model was not saved.")
+    model = model.to(torch.bfloat16)
+    _save(model, tok, out_dir, info)
+    log(f"{name}: done ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)")
+    return out_dir
