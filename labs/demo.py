@@ -6,10 +6,13 @@ sentences, and what the engine did with one prompt: KV blocks, block size, block
 
 from __future__ import annotations
 
+import os
 import sys
 
 
 def main() -> int:
+    # vLLM's INFO start-up log is useful when debugging, but buries the demo's output.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     from vllm import SamplingParams
 
     from labs.basic_inference import engine_facts, render_chat, trace_request
@@ -18,17 +21,19 @@ def main() -> int:
 
     llm = make_llm()
     greedy = SamplingParams(temperature=0.0, max_tokens=64)
-    sentences = [e.ja for e in load_phrasebook()[:3]]
+    phrasebook = load_phrasebook()
+    longest = max(phrasebook, key=lambda e: len(e.ja))  # its prompt spans more than one KV block
+    sentences = [e.ja for e in phrasebook[:3]] + [longest.ja]
     outputs = llm.chat([translation_messages(ja) for ja in sentences], greedy, use_tqdm=False)
     print("\n=== Generation (greedy) ===")
     for ja, out in zip(sentences, outputs):
         print(f"  {ja}  ->  {out.outputs[0].text}")
 
-    trace = trace_request(llm, render_chat(llm, translation_messages(sentences[0])), greedy)
+    trace = trace_request(llm, render_chat(llm, translation_messages(longest.ja)), greedy)
     facts = engine_facts(llm, trace)
     print("\n=== Live engine facts ===")
-    print(f"  KV cache: {facts.num_kv_blocks} blocks of {facts.block_size} tokens "
-          f"({facts.num_free_blocks} free now)")
+    print(f"  KV cache: {facts.num_kv_blocks} blocks of {facts.block_size} tokens = "
+          f"{facts.num_kv_blocks * facts.block_size:,} tokens ({facts.num_free_blocks} blocks free now)")
     print(f"  prompt:   {facts.num_prompt_tokens} tokens -> {facts.num_prompt_blocks} KV block(s)")
     print("\n=== The life of that request ===")
     print(trace.describe())
