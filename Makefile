@@ -59,7 +59,7 @@ test: setup
 	$(PY) -m pytest tests
 
 lab: setup
-	$(VENV)/bin/jupyter lab --ip 127.0.0.1 notebooks/
+	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --ServerApp.root_dir=notebooks
 
 tour: setup
 	$(PY) -m labs.tour
