@@ -73,7 +73,10 @@ def prepare_debug_session(script_file: str, level: int = logging.INFO) -> loggin
 
     log_path = debug_log_path(script_file)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(log_path, mode="w", encoding="utf-8")
+    log_path.write_text("", encoding="utf-8")  # a fresh log per run...
+    # ...but opened in append mode: vLLM's logging set-up (dictConfig in LLM.__init__) closes every
+    # existing handler, and only an append-mode FileHandler reopens its file on the next record.
+    handler = logging.FileHandler(log_path, mode="a", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(threadName)s %(levelname)s %(message)s"))
     logger.addHandler(handler)
     if MULTIPROCESSING_ENV in os.environ:

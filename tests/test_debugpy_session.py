@@ -187,6 +187,8 @@ def test_breakpoint_in_llm_generate_under_debugpy() -> None:
         assert DEBUG_LOG.exists(), context(f"no debug log at {DEBUG_LOG}: was the debugger detected?")
         log_text = DEBUG_LOG.read_text(encoding="utf-8")
         assert "engine core runs in this process" in log_text, context(f"debug log says:\n{log_text}")
+        # The script logs on after vLLM reconfigured logging (which closes every handler) until the end.
+        assert "generating 4 prompts" in log_text and "done" in log_text, context(f"debug log says:\n{log_text}")
         print(f"\nbreakpoint hit after {hit_after:.1f} s; script exited 0 after {time.monotonic() - started:.1f} s")
     finally:
         if client is not None:
