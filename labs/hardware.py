@@ -66,19 +66,17 @@ class Hardware:
 
 
 def _read_cpuinfo() -> tuple[str, frozenset[str]]:
-    model, flags = platform.processor() or "unknown CPU", frozenset[str]()
+    """Model name and ISA flags of the first CPU in /proc/cpuinfo (all cores share them)."""
+    fields: dict[str, str] = {}
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return model, flags
+        text = ""
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "model name" and model in ("", "unknown CPU", platform.processor()):
-            model = value.strip()
-        elif key == "flags" and not flags:
-            flags = frozenset(value.split())
-    return model, flags
+        fields.setdefault(key.strip(), value.strip())
+    model = fields.get("model name") or platform.processor() or "unknown CPU"
+    return model, frozenset(fields.get("flags", "").split())
 
 
 def _parse_cpu_list(text: str) -> list[int]:

@@ -122,11 +122,11 @@ def encode_example(tok: PreTrainedTokenizerFast, ja: str, zh: str | None = None)
 def greedy_translate(model: Qwen2ForCausalLM, tok: PreTrainedTokenizerFast, ja_list: list[str],
                      max_new_tokens: int = 48, batch_size: int = 64) -> list[str]:
     """Greedy translations with HF `generate` (left-padded batches), the reference vLLM is checked against."""
-    tok.padding_side = "left"
     outputs: list[str] = []
     for start in range(0, len(ja_list), batch_size):
         prompts = [encode_example(tok, ja)[0] for ja in ja_list[start:start + batch_size]]
-        batch = tok.pad({"input_ids": prompts}, return_tensors="pt")
+        # left padding: every prompt then ends where generation starts
+        batch = tok.pad({"input_ids": prompts}, return_tensors="pt", padding_side="left")
         generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
         new_ids = generated[:, batch["input_ids"].shape[1]:]
         outputs.extend(tok.batch_decode(new_ids, skip_special_tokens=True))
