@@ -122,6 +122,12 @@ def internal_request_id(llm_or_engine: Any, request_id: str) -> str:
     return matches[0]
 
 
+def external_request_id(request_id: str) -> str:
+    """'req-3-1a2b3c4d' -> 'req-3': the id the learner chose, from the scheduler's internal id."""
+    head, _, tail = request_id.rpartition("-")
+    return head if head and len(tail) == 8 else request_id
+
+
 def request_block_ids(llm_or_engine: Any, request_id: str) -> list[int]:
     """Block table of a live request: the KV block ids holding its tokens, in order."""
     rid = internal_request_id(llm_or_engine, request_id)
@@ -172,3 +178,101 @@ def queue_snapshot(llm_or_engine: Any) -> dict[str, list[RequestSnapshot]]:
                                req.num_computed_tokens, req.num_output_tokens, list(block_ids))
 
     return {"running": [snap(r) for r in sched.running], "waiting": [snap(r) for r in sched.waiting]}
+
+
+@dataclass(frozen=True)
+class BlockState:
+    """One KV block as the block pool sees it."""
+
+    block_id: int
+    ref_cnt: int  # how many running requests use it; 0 = free (maybe still holding a cached prefix)
+    is_cached: bool  # holds a full block registered in the prefix cache (has a block hash)
+
+
+def block_states(llm_or_engine: Any, num_blocks: int | None = None) -> list[BlockState]:
+    """The first `num_blocks` blocks of the pool (all by default); block 0 is vLLM's null block."""
+    pool = block_pool(llm_or_engine)
+    blocks = pool.blocks if num_blocks is None else pool.blocks[:num_blocks]
+    return [BlockState(b.block_id, b.ref_cnt, b.block_hash is not None) for b in blocks]
+
+
+def free_block_ids(llm_or_engine: Any, limit: int = 32) -> list[int]:
+    """The head of the free queue: the next blocks to be handed out (and evicted, if cached)."""
+    queue = block_pool(llm_or_engine).free_block_queue
+    ids, block = [], queue.fake_free_list_head.next_free_block
+    while block is not None and block is not queue.fake_free_list_tail and len(ids) < limit:
+        ids.append(block.block_id)
+        block = block.next_free_block
+    return ids
+
+
+def num_preemptions(llm_or_engine: Any, request_id: str) -> int:
+    """How often the scheduler preempted this request (its KV blocks were taken back)."""
+    sched = scheduler(llm_or_engine)
+    return sched.requests[internal_request_id(llm_or_engine, request_id)].num_preemptions
+
+
+# --- vLLM's KV cache manager on its own: no engine, no model (Lab 2's grader) ---------------
+
+
+def make_kv_cache_manager(num_blocks: int, block_size: int, enable_caching: bool = True,
+                          max_model_len: int = 8192) -> Any:
+    """vLLM's real `KVCacheManager` for one group of full-attention layers, built standalone.
+
+    Why: the manager is pure bookkeeping (no tensors), so it can be driven call by call in a
+    test or notebook without loading a model, which is how Lab 2 grades a learner's block
+    manager against the real one. The layer shape in the spec only sizes pages; it changes no
+    block decision.
+
+    Args:
+        num_blocks: blocks in the pool, including the null block 0 (like `num_gpu_blocks`).
+        block_size: tokens per block (also the prefix-cache hash granularity).
+        enable_caching: automatic prefix caching on/off.
+        max_model_len: longest request; allocation is capped at it.
+
+    Returns:
+        A `vllm.v1.core.kv_cache_manager.KVCacheManager`; pair it with `make_vllm_request`.
+    """
+    check_vllm_version()
+    import torch
+    from vllm.utils.hashing import sha256
+    from vllm.v1.core.kv_cache_manager import KVCacheManager
+    from vllm.v1.core.kv_cache_utils import init_none_hash
+    from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
+
+    init_none_hash(sha256)  # the engine does this at start-up; sha256 gives a fixed seed
+    spec = FullAttentionSpec(block_size=block_size, num_kv_heads=2, head_size=64, dtype=torch.bfloat16)
+    config = KVCacheConfig(num_blocks=num_blocks, kv_cache_tensors=[],
+                           kv_cache_groups=[KVCacheGroupSpec(["model.layers.0.self_attn.attn"], spec)])
+    return KVCacheManager(config, max_model_len=max_model_len, scheduler_block_size=block_size,
+                          hash_block_size=block_size, enable_caching=enable_caching)
+
+
+def make_vllm_request(request_id: str, prompt_token_ids: list[int], block_size: int,
+                      max_tokens: int = 16) -> Any:
+    """A `vllm.v1.request.Request` from token ids, hashing its full blocks as the engine does.
+
+    Why the block hasher: vLLM's Request computes its `block_hashes` itself (at creation and in
+    `append_output_token_ids`); without one, prefix caching never hits. Append decode tokens
+    with `request.append_output_token_ids(token_id)`.
+
+    Args:
+        request_id: the id the KV cache manager will know it by.
+        prompt_token_ids: the prompt.
+        block_size: must equal the manager's block size.
+        max_tokens: SamplingParams.max_tokens (the manager does not read it).
+    """
+    check_vllm_version()
+    from vllm import SamplingParams
+    from vllm.utils.hashing import sha256
+    from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
+    from vllm.v1.request import Request
+
+    init_none_hash(sha256)  # hashes are computed right here, so NONE_HASH must be set already
+    return Request(request_id, list(prompt_token_ids), SamplingParams(max_tokens=max_tokens), None,
+                   block_hasher=get_request_block_hasher(block_size, sha256))
+
+
+def free_queue_block_ids(kv_cache_manager: Any) -> list[int]:
+    """All free block ids of a KVCacheManager in eviction order: the head is handed out next."""
+    return [b.block_id for b in kv_cache_manager.block_pool.free_block_queue.get_all_free_blocks()]
