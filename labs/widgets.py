@@ -29,13 +29,22 @@ class Stepper:
         ten.on_click(lambda _: self.run(10))
         self.widget = widgets.VBox([widgets.HBox([one, ten]), self.output])
 
-    def run(self, num_steps: int) -> None:
-        """Advance up to `num_steps` steps, then redraw once."""
+    def run(self, num_steps: int, here: bool = False) -> None:
+        """Advance up to `num_steps` steps, then redraw once.
+
+        Args:
+            num_steps: steps to take (stops early when there is nothing left to do).
+            here: draw into the calling cell's output instead of the widget's. Headless runs
+                (CI, `make tour`) keep widget contents out of the saved notebook, so their cells use this.
+        """
         from IPython.display import clear_output
 
         for _ in range(num_steps):
             if not self._step():
                 break
+        if here:
+            self._render()
+            return
         with self.output:
             clear_output(wait=True)
             self._render()
