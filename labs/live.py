@@ -1,10 +1,8 @@
 """Watch the real engine step by step: what each `step()` scheduled, allocated, preempted, finished.
 
-Why not read vLLM's `SchedulerOutput`: `LLMEngine.step()` does not return it. Everything a
-learner wants to see can be derived from the live scheduler before and after the step: the
-change in each request's `num_computed_tokens` is what the scheduler granted it (a drop to 0 is a
-preemption: its blocks were taken back and it will be recomputed), and the block tables show the
-KV cache manager's decisions.
+`LLMEngine.step()` returns only finished text; the scheduler's decision (its `SchedulerOutput`)
+is recorded through `labs.vllm_internals.record_scheduler_outputs`, and the queues and block
+tables are read from the live scheduler after the step.
 """
 
 from __future__ import annotations
@@ -22,8 +20,10 @@ class StepObservation:
 
     Attributes:
         step: 1-based step counter of this observer.
-        num_scheduled_tokens: request id -> tokens computed this step (chunked prefill shows as
-            several steps with large counts; decode as 1).
+        num_scheduled_tokens: request id -> tokens the scheduler granted this step (chunked
+            prefill shows as several steps with large counts; decode as 1).
+        num_cached_tokens: for requests admitted this step, prompt tokens found in the prefix
+            cache (not computed, not counted in num_scheduled_tokens).
         running_ids / waiting_ids: the queues after the step.
         preempted_ids: requests whose KV cache was taken back during the step.
         finished_ids: requests that finished during the step.
@@ -34,6 +34,7 @@ class StepObservation:
 
     step: int
     num_scheduled_tokens: dict[str, int]
+    num_cached_tokens: dict[str, int]
     running_ids: list[str]
     waiting_ids: list[str]
     preempted_ids: list[str]
@@ -61,20 +62,21 @@ class EngineObserver:
         self.llm.llm_engine.add_request(request_id, engine_prompt, params)
 
     def step(self) -> StepObservation:
-        sched = vi.scheduler(self.llm)
-        before = {rid: req.num_computed_tokens for rid, req in sched.requests.items()}
-        tracked = dict(sched.requests)  # finished requests leave `requests` inside step()
+        recorded = vi.record_scheduler_outputs(self.llm)
+        recorded.clear()
         start = time.perf_counter()
         outputs = self.llm.llm_engine.step()
         seconds = time.perf_counter() - start
         scheduled: dict[str, int] = {}
+        cached: dict[str, int] = {}
         preempted: list[str] = []
-        for rid, req in tracked.items():
-            delta = req.num_computed_tokens - before[rid]
-            if delta > 0:
-                scheduled[vi.external_request_id(rid)] = delta
-            elif delta < 0:  # vLLM resets a preempted request to 0 computed tokens: it will recompute
-                preempted.append(vi.external_request_id(rid))
+        for sched_out in recorded:  # one per step (more only if the engine stepped twice)
+            for rid, n in sched_out.num_scheduled_tokens.items():
+                scheduled[vi.external_request_id(rid)] = scheduled.get(vi.external_request_id(rid), 0) + n
+            for new_req in sched_out.scheduled_new_reqs:
+                if new_req.num_computed_tokens:
+                    cached[vi.external_request_id(new_req.req_id)] = new_req.num_computed_tokens
+            preempted += [vi.external_request_id(r) for r in sorted(sched_out.preempted_req_ids or ())]
         for out in outputs:
             if out.finished:
                 self.outputs[vi.external_request_id(out.request_id)] = out
@@ -82,10 +84,11 @@ class EngineObserver:
         obs = StepObservation(
             step=len(self.history) + 1,
             num_scheduled_tokens=scheduled,
+            num_cached_tokens=cached,
             running_ids=[vi.external_request_id(r.request_id) for r in queues["running"]],
             waiting_ids=[vi.external_request_id(r.request_id) for r in queues["waiting"]],
             preempted_ids=preempted,
-            finished_ids=[o.request_id for o in outputs if o.finished],
+            finished_ids=[vi.external_request_id(o.request_id) for o in outputs if o.finished],
             block_tables={vi.external_request_id(r.request_id): r.block_ids for r in queues["running"]},
             num_free_blocks=vi.kv_cache_snapshot(self.llm).num_free_blocks,
             seconds=seconds,
@@ -106,7 +109,9 @@ class EngineObserver:
                 on_step(obs)
 
     def describe(self, obs: StepObservation) -> str:
-        granted = ", ".join(f"{rid}:{n}" for rid, n in obs.num_scheduled_tokens.items()) or "-"
+        granted = ", ".join(
+            f"{rid}:{n}" + (f" (+{obs.num_cached_tokens[rid]} cached)" if rid in obs.num_cached_tokens else "")
+            for rid, n in obs.num_scheduled_tokens.items()) or "-"
         line = (f"step {obs.step:3d}  scheduled [{granted}]  running={obs.running_ids} "
                 f"waiting={obs.waiting_ids} free_blocks={obs.num_free_blocks}")
         if obs.preempted_ids:

@@ -17,6 +17,7 @@ Paths below are those of vLLM 0.32.0 (the v1 engine):
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -199,6 +200,31 @@ def block_states(llm_or_engine: Any, num_blocks: int | None = None) -> list[Bloc
 def free_block_ids(llm_or_engine: Any, limit: int = 32) -> list[int]:
     """The head of the live engine's free queue: the next blocks to be handed out (and evicted, if cached)."""
     return free_queue_block_ids(kv_cache_manager(llm_or_engine))[:limit]
+
+
+def record_scheduler_outputs(llm_or_engine: Any) -> deque[Any]:
+    """Make the live scheduler keep its latest `SchedulerOutput`s; returns that (shared) deque.
+
+    Why: `LLMEngine.step()` does not return the scheduler's decision, and deriving it from
+    `num_computed_tokens` gets prefix-cache hits and preemptions wrong. Wrapping `schedule` on
+    this one scheduler instance records exactly what vLLM decided, without changing it.
+    Each output has `num_scheduled_tokens` (internal request id -> tokens), `scheduled_new_reqs`
+    (with their prefix-cache `num_computed_tokens`) and `preempted_req_ids`. Clear it before a
+    step you want to observe; only the last few are kept, so other steps never pile up in memory.
+    """
+    sched = scheduler(llm_or_engine)
+    recorded = getattr(sched, "_workbook_scheduler_outputs", None)
+    if recorded is None:
+        recorded = sched._workbook_scheduler_outputs = deque(maxlen=8)
+        original = sched.schedule
+
+        def schedule(*args: Any, **kwargs: Any) -> Any:
+            output = original(*args, **kwargs)
+            recorded.append(output)
+            return output
+
+        sched.schedule = schedule
+    return recorded
 
 
 def num_preemptions(llm_or_engine: Any, request_id: str) -> int:
