@@ -66,6 +66,19 @@ def block_pool_figure(llm: Any, num_blocks: int = 64, title: str = "") -> Any:
     return fig
 
 
+def hash_chain(llm: Any, request_id: str) -> list[dict[str, Any]]:
+    """A running request's prefix-cache hash chain, block by block (short hex of vLLM's hashes)."""
+    block_ids = vi.request_block_ids(llm, request_id)
+    hashes = vi.request_block_hashes(llm, request_id)
+    rows, parent = [], "none"
+    for i, block_hash in enumerate(hashes):
+        short = bytes(block_hash).hex()[:10]
+        rows.append({"request": request_id, "block": i, "block_id": block_ids[i] if i < len(block_ids) else None,
+                     "parent hash": parent, "hash": short})
+        parent = short
+    return rows
+
+
 # --- prefix caching --------------------------------------------------------------------------
 
 @dataclass(frozen=True)

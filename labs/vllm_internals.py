@@ -202,6 +202,16 @@ def free_block_ids(llm_or_engine: Any, limit: int = 32) -> list[int]:
     return free_queue_block_ids(kv_cache_manager(llm_or_engine))[:limit]
 
 
+def request_block_hashes(llm_or_engine: Any, request_id: str) -> list[bytes]:
+    """The chained hashes of a live request's full blocks (hash i covers tokens 0..(i+1)*block_size).
+
+    Why chained: a block's hash includes its parent's, so equal hashes mean equal *prefixes*, not
+    just equal blocks; that is what makes a cache hit safe to reuse.
+    """
+    sched = scheduler(llm_or_engine)
+    return list(sched.requests[internal_request_id(llm_or_engine, request_id)].block_hashes)
+
+
 def record_scheduler_outputs(llm_or_engine: Any) -> deque[Any]:
     """Make the live scheduler keep its latest `SchedulerOutput`s; returns that (shared) deque.
 

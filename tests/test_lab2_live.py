@@ -46,3 +46,19 @@ def test_block_pool_picture_shows_running_requests(llm: Any) -> None:
     assert "pic-A" in labels and "pic-B" in labels
     observer.run()
     assert set(observer.outputs) == {"pic-A", "pic-B"}
+
+
+def test_hash_chain_equal_for_a_shared_prefix_only(llm: Any) -> None:
+    from vllm import SamplingParams
+
+    block_size = vi.kv_cache_snapshot(llm).block_size
+    shared = paged.token_prompt(3 * block_size, seed=99)
+    observer = EngineObserver(llm)
+    params = SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True)
+    observer.add_request("chain-A", shared + paged.token_prompt(block_size, seed=5), params)
+    observer.add_request("chain-B", shared + paged.token_prompt(block_size, seed=6), params)
+    observer.step()
+    a, b = paged.hash_chain(llm, "chain-A"), paged.hash_chain(llm, "chain-B")
+    assert [r["hash"] for r in a[:3]] == [r["hash"] for r in b[:3]]
+    assert a[3]["hash"] != b[3]["hash"] and a[3]["parent hash"] == b[3]["parent hash"]
+    observer.run()
