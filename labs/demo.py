@@ -42,4 +42,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from labs.errors import run_main
+
+    sys.exit(run_main(main))

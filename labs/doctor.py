@@ -10,10 +10,12 @@ from __future__ import annotations
 import sys
 from importlib import metadata
 
+from labs.errors import WorkbookError
+
 CONFLICTING_WITH_CPU_TORCH = ("torchvision", "torchaudio", "torchcodec")
 
 
-class InstallError(RuntimeError):
+class InstallError(WorkbookError):
     """The environment is broken in a known way; the message says how to fix it."""
 
 
@@ -58,14 +60,12 @@ def run_checks() -> list[str]:
 
 
 def main() -> int:
-    try:
-        for line in run_checks():
-            print(line)
-    except (InstallError, RuntimeError) as exc:
-        print(f"FAIL {exc}", file=sys.stderr)
-        return 1
+    for line in run_checks():
+        print(line)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from labs.errors import run_main
+
+    sys.exit(run_main(main))

@@ -14,13 +14,15 @@ import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from labs.errors import WorkbookError
+
 # --- why these defaults ----------------------------------------------------------------------
 CPU_BLOCK_SIZE = 32  # vLLM's CPU attention needs a multiple of 32; 32 keeps blocks visible in labs
 CPU_KVCACHE_SPACE_GIB_SMALL = 1  # 1 GiB holds ~500k tokens of the tiny models: plenty, cheap
 GPU_MEMORY_UTILIZATION = 0.85  # leave room for a notebook's other tensors and a second process
 
 
-class UnsupportedHardwareError(RuntimeError):
+class UnsupportedHardwareError(WorkbookError):
     """A feature was asked for that this machine cannot run; the message says why and what to do."""
 
 

@@ -21,14 +21,16 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from labs.errors import WorkbookError
+
 PINNED_VLLM_VERSION = "0.32.0"
 
 
-class VllmVersionError(RuntimeError):
+class VllmVersionError(WorkbookError):
     """The installed vLLM is not the version these internals were written against."""
 
 
-class EngineNotInProcessError(RuntimeError):
+class EngineNotInProcessError(WorkbookError):
     """Live engine state was asked for, but the engine core runs in another process."""
 
 

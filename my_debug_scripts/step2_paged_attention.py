@@ -55,4 +55,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from labs.errors import run_main
+
+    sys.exit(run_main(main))  # a missing model or unsupported setting prints one clear message

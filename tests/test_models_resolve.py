@@ -89,5 +89,5 @@ def test_models_cli_reports_missing_model_without_traceback(isolated: Path) -> N
 
     proc = subprocess.run([sys.executable, "-m", "labs.models", "which", "no-such-model"],
                           capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "HOME": str(isolated)})
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "was not found. Looked in:" in proc.stderr and "Traceback" not in proc.stderr

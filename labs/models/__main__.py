@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from labs.models.resolve import ModelNotFoundError, resolve_model
+from labs.models.resolve import resolve_model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,14 +24,12 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.names:
             build_model(name, force=args.force)
         return 0
-    try:
-        resolved = resolve_model(args.model)
-    except ModelNotFoundError as exc:
-        print(exc, file=sys.stderr)
-        return 1
+    resolved = resolve_model(args.model)
     print(f"{resolved.path}\n  why: {resolved.reason}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from labs.errors import run_main
+
+    sys.exit(run_main(main))

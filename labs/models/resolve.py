@@ -18,6 +18,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from labs.errors import WorkbookError
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKBOOK_MODELS_DIR = REPO_ROOT / "models"
 DEFAULT_MODEL = "tiny-phrasebook"
@@ -35,7 +37,7 @@ SMALL_INSTRUCT_MODELS = (
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(WorkbookError, FileNotFoundError):
     """No model matched; the message lists every place that was searched."""
 
 
