@@ -255,6 +255,7 @@ class SchedulerLimits:
     enable_chunked_prefill: bool  # a prompt longer than the budget left is split across steps
     async_scheduling: bool  # step n+1 is scheduled while step n runs (GPU default)
     policy: str  # "fcfs" or "priority": who is admitted first, and who is preempted first
+    scheduler_reserve_full_isl: bool  # admit a waiting request only if all its tokens fit in free blocks
 
 
 def scheduler_limits(llm_or_engine: Any) -> SchedulerLimits:
@@ -272,6 +273,7 @@ def scheduler_limits(llm_or_engine: Any) -> SchedulerLimits:
         enable_chunked_prefill=bool(config.enable_chunked_prefill),
         async_scheduling=bool(config.async_scheduling),
         policy=str(config.policy),
+        scheduler_reserve_full_isl=bool(config.scheduler_reserve_full_isl),
     )
 
 

@@ -1,1 +1,1 @@
-"""A from-scratch, readable LLM inference engine with vLLM's shape (work in progress)."""
+"""A from-scratch, readable LLM inference engine with vLLM's shape: see labs/mini/README.md."""

@@ -29,24 +29,24 @@ def paged_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: t
     """
     num_seqs, num_heads, head_dim = query.shape
     _, block_size, num_kv_heads, _ = key_cache.shape
-    max_num_blocks_per_seq = block_tables.shape[1]
-    max_len = max_num_blocks_per_seq * block_size
+    max_len = block_tables.shape[1] * block_size
 
     # Token t of sequence i lives in block block_tables[i, t // block_size] at offset t % block_size,
-    # so indexing the cache with the whole table lays every sequence's tokens out in order.
-    keys = key_cache[block_tables.long()].reshape(num_seqs, max_len, num_kv_heads, head_dim)
-    values = value_cache[block_tables.long()].reshape(num_seqs, max_len, num_kv_heads, head_dim)
+    # so gathering the cache's blocks in table order lays every sequence's tokens out in order.
+    flat_block_ids = block_tables.flatten().long()
+    keys = key_cache.index_select(0, flat_block_ids).view(num_seqs, max_len, num_kv_heads, head_dim)
+    values = value_cache.index_select(0, flat_block_ids).view(num_seqs, max_len, num_kv_heads, head_dim)
+    keys = keys.transpose(1, 2)  # (num_seqs, num_kv_heads, max_len, head_dim)
+    values = values.transpose(1, 2)  # (num_seqs, num_kv_heads, max_len, head_dim)
 
     # Grouped-query attention: query heads h*g .. h*g+g-1 share KV head h (g = num_heads // num_kv_heads).
+    # Viewing the queries as (kv head, group) lets all g heads read one KV head without copying it g times.
     num_queries_per_kv = num_heads // num_kv_heads
-    keys = keys.repeat_interleave(num_queries_per_kv, dim=2)  # (num_seqs, max_len, num_heads, head_dim)
-    values = values.repeat_interleave(num_queries_per_kv, dim=2)  # (num_seqs, max_len, num_heads, head_dim)
+    q = query.view(num_seqs, num_kv_heads, num_queries_per_kv, head_dim)  # (num_seqs, num_kv_heads, g, head_dim)
 
-    # Accumulate in float32 as the kernels do: bf16 sums over hundreds of tokens lose digits.
-    scores = torch.einsum("shd,sthd->sht", query.float(), keys.float()) * scale  # (num_seqs, num_heads, max_len)
     # Slots past seq_len are padding, the null block or another request's leftovers: never attend.
-    past_end = torch.arange(max_len, device=query.device)[None, :] >= seq_lens[:, None].to(query.device)
-    scores = scores.masked_fill(past_end[:, None, :], float("-inf"))
-    probs = scores.softmax(dim=-1)  # (num_seqs, num_heads, max_len)
-    out = torch.einsum("sht,sthd->shd", probs, values.float())  # (num_seqs, num_heads, head_dim)
-    return out.to(query.dtype)
+    attend = torch.arange(max_len, device=query.device)[None, :] < seq_lens[:, None].to(query.device)
+    # scaled_dot_product_attention = softmax(q k^T * scale + mask) v, fused (and accumulated in float32).
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q, keys, values, attn_mask=attend[:, None, None, :], scale=scale)  # (num_seqs, num_kv_heads, g, head_dim)
+    return out.reshape(num_seqs, num_heads, head_dim)

@@ -1,0 +1,124 @@
+"""Every knob of the mini engine in one dataclass, each default with the reason it was chosen.
+
+The model's shape is not a knob: it is read from the model folder's `config.json`, the same file
+vLLM and Hugging Face transformers read, so the three always build the same network.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The parts of a Qwen2 `config.json` the mini model needs (names as in the file)."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    tie_word_embeddings: bool
+    eos_token_id: int | None
+    dtype: str  # what the checkpoint's weights were saved in ("bfloat16", ...)
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str | Path) -> ModelShape:
+        hf = json.loads((Path(model_dir) / "config.json").read_text())
+        if hf.get("model_type") != "qwen2":
+            raise ValueError(f"the mini engine runs Qwen2 models only; {model_dir} is {hf.get('model_type')!r}")
+        # transformers >= 5 nests rope_theta in rope_parameters; older configs keep it at the top.
+        rope_theta = hf.get("rope_parameters", {}).get("rope_theta", hf.get("rope_theta", 10000.0))
+        eos = hf.get("eos_token_id")
+        return cls(
+            vocab_size=hf["vocab_size"],
+            hidden_size=hf["hidden_size"],
+            intermediate_size=hf["intermediate_size"],
+            num_hidden_layers=hf["num_hidden_layers"],
+            num_attention_heads=hf["num_attention_heads"],
+            num_key_value_heads=hf.get("num_key_value_heads", hf["num_attention_heads"]),
+            head_dim=hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"],
+            rms_norm_eps=hf["rms_norm_eps"],
+            rope_theta=float(rope_theta),
+            tie_word_embeddings=hf.get("tie_word_embeddings", False),
+            eos_token_id=eos[0] if isinstance(eos, list) else eos,
+            dtype=hf.get("dtype") or hf.get("torch_dtype") or "float32",  # "dtype" since transformers 5
+        )
+
+
+def default_device() -> str:
+    """CUDA when there is a GPU, else the CPU: the same code runs on both, nothing hard-coded."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class Config:
+    """How the mini engine runs one model.
+
+    Attributes (defaults and why):
+        model: path to a Hugging Face model folder (config.json, *.safetensors, tokenizer files).
+        block_size: 32 tokens per KV block: what the workbook gives vLLM on the CPU (its CPU
+            attention needs a multiple of 32), so block tables of the two engines compare 1:1.
+        max_num_seqs: 256 running requests at most: vLLM's default for `LLM` on CPU.
+        max_num_batched_tokens: 4096 tokens per step at most (vLLM's `LLM` default on CPU): long
+            prompts are then prefilled in chunks, interleaved with other requests' decodes.
+        max_model_len: 2048 tokens of prompt + output per request: what the workbook gives vLLM.
+        kv_cache_memory_gib: 1 GiB of KV cache: what the workbook gives vLLM on the CPU
+            (VLLM_CPU_KVCACHE_SPACE=1), so both engines hold a similar number of tokens.
+        num_kv_blocks: overrides the memory budget with an exact number of blocks (like vLLM's
+            `num_gpu_blocks_override`, and like it counting the reserved null block); small
+            numbers make preemption easy to watch.
+        enable_prefix_caching: reuse full KV blocks of an earlier identical prefix (vLLM's default).
+        dtype: "auto" computes in the checkpoint's dtype, as vLLM does on CPU and GPU (bf16 for
+            the workbook's models: half the memory, and fast on GPUs and on CPUs with AMX or
+            AVX512-BF16); or name one ("float32" is slower but closest to an fp32 reference).
+        device: "cuda" when a GPU is visible, else "cpu".
+        num_cpu_threads: 1 torch thread on the CPU, as vLLM sets for serving: a small model's ops
+            are too short to gain from OpenMP, whose spin-waiting workers steal the cores from
+            the step's Python code (10x slower here when other processes share the cores).
+            None leaves torch's setting alone. Note: torch's thread count is process-wide.
+        shape: read from `model`/config.json when the config is built.
+    """
+
+    model: str
+    block_size: int = 32
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 4096
+    max_model_len: int = 2048
+    kv_cache_memory_gib: float = 1.0
+    num_kv_blocks: int | None = None
+    enable_prefix_caching: bool = True
+    dtype: str = "auto"
+    device: str = field(default_factory=default_device)
+    num_cpu_threads: int | None = 1
+    shape: ModelShape = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.shape = ModelShape.from_model_dir(self.model)
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValueError("max_num_batched_tokens must be >= max_num_seqs: every running request may need "
+                             "a token per step")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.shape.dtype if self.dtype == "auto" else self.dtype)
+
+    def kv_cache_bytes_per_block(self) -> int:
+        """Key + value of `block_size` tokens in every layer (Lab 1's kv_cache_bytes_per_token x block_size)."""
+        s = self.shape
+        element_size = torch.empty((), dtype=self.torch_dtype).element_size()
+        return 2 * s.num_hidden_layers * self.block_size * s.num_key_value_heads * s.head_dim * element_size
+
+    def get_num_kv_blocks(self) -> int:
+        """Blocks in the KV cache, the reserved null block included (vLLM's `num_gpu_blocks`)."""
+        if self.num_kv_blocks is not None:
+            return self.num_kv_blocks
+        return int(self.kv_cache_memory_gib * 2**30) // self.kv_cache_bytes_per_block()
