@@ -102,6 +102,9 @@ def free_llm(llm: Any) -> None:
     Why this is needed: a notebook keeps `llm` (and often `Out[...]`) alive; vLLM's engine owns
     worker processes or threads, the KV cache and the weights, and a new `LLM` in the same kernel
     fails or runs out of memory until they are released.
+
+    It also tears down vLLM's process-wide distributed state, so free the engines of a process
+    one at a time: an engine still running beside the freed one stops working.
     """
     engine = getattr(llm, "llm_engine", None)
     if engine is not None:
