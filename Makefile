@@ -26,6 +26,10 @@ help:
 	@echo "make tour    execute every notebook into runs/<timestamp>/ (with HTML copies)"
 	@echo "make grade LAB=1   grade YOUR exercise answers (labs/exercises/) instead of the reference"
 	@echo "make doctor  check the install (vLLM version, torch, torchvision trap, hardware)"
+	@echo "make vllm-start-bg   OpenAI-compatible vLLM server in tmux (PORT=8000 MODEL=...); waits until healthy"
+	@echo "make vllm-start      the same in this terminal, loading bars live (vllm-start-debug: DEBUG=1 logs)"
+	@echo "make vllm-status     up/down from GET /v1/models: served model, max_model_len, pid, log"
+	@echo "make vllm-logs       follow the server's latest log;  make vllm-stop  stop it (whole process group)"
 
 setup: $(SETUP_STAMP) models
 
@@ -69,3 +73,25 @@ grade: setup
 
 clean-runs:
 	rm -rf runs/
+
+# --- vLLM server (python -m labs.serve): PORT= and MODEL= pass through ---------------------------
+SERVE_ARGS = $(if $(PORT),--port $(PORT)) $(if $(MODEL),--model $(MODEL))
+.PHONY: vllm-start vllm-start-bg vllm-start-debug vllm-stop vllm-status vllm-logs
+
+vllm-start: setup
+	$(PY) -m labs.serve start $(SERVE_ARGS)
+
+vllm-start-bg: setup
+	$(PY) -m labs.serve start-bg $(SERVE_ARGS)
+
+vllm-start-debug: setup
+	DEBUG=1 $(PY) -m labs.serve start $(SERVE_ARGS)
+
+vllm-stop: setup
+	$(PY) -m labs.serve stop $(if $(PORT),--port $(PORT))
+
+vllm-status: setup
+	$(PY) -m labs.serve status $(if $(PORT),--port $(PORT))
+
+vllm-logs: setup
+	$(PY) -m labs.serve logs --follow

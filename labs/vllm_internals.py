@@ -493,3 +493,23 @@ def apply_top_k_top_p(logits: Any, top_k: Any, top_p: Any) -> Any:
     from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p_pytorch
 
     return apply_top_k_top_p_pytorch(logits.clone(), top_k, top_p)
+
+
+def parse_server_args(argv: list[str]) -> Any:
+    """Parse an OpenAI API server command line with vLLM's own parser, without starting anything.
+
+    Why: `labs.serve` translates the engine settings the labs use into server flags; vLLM's own
+    parser (the one `python -m vllm.entrypoints.openai.api_server` runs, in
+    vllm/entrypoints/launchers/cli_args.py) is the truth for what those flags mean.
+
+    Args:
+        argv: the arguments after the module name, e.g. ["--model", path, "--block-size", "32"].
+
+    Returns:
+        The parsed `argparse.Namespace` (attributes named as `EngineArgs` fields: `block_size`, ...).
+    """
+    check_vllm_version()
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    return make_arg_parser(FlexibleArgumentParser()).parse_args(argv)

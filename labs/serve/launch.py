@@ -1,0 +1,124 @@
+"""How the server process is launched (tmux, a detached process group, `script`), and its log files.
+
+Each launcher returns the pid of the process it started first; the server itself
+(`python -m vllm.entrypoints.openai.api_server`) is found under it with
+`records.find_server_process`, because tmux and `script` start it through a shell.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+from datetime import datetime
+from pathlib import Path
+
+from labs.errors import WorkbookError
+from labs.serve.config import REPO_ROOT, ServerConfig, mask_secret
+
+NUM_LOG_LINES_ON_FAILURE = 40
+LATEST_LOG_NAME = "latest.log"
+# tmux gives a pane its own terminal and shell: these describe *our* terminal, not the pane's.
+_TMUX_ENV_SKIP = frozenset({"TERM", "TMUX", "TMUX_PANE", "COLUMNS", "LINES", "SHLVL", "PWD", "OLDPWD", "_"})
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # not exported shell functions (BASH_FUNC_module%%)
+
+
+class ServeError(WorkbookError):
+    """A start or stop that cannot go ahead; the message says why and what to do instead."""
+
+
+def new_log_path(log_dir: Path, port: int) -> Path:
+    """A timestamped log file, and `latest.log` pointing at it (what `make vllm-logs` follows)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    path = log_dir / f"vllm-{datetime.now():%Y%m%d-%H%M%S}-port{port}.log"
+    latest = log_dir / LATEST_LOG_NAME
+    latest.unlink(missing_ok=True)
+    try:
+        latest.symlink_to(path.name)
+    except OSError:  # a filesystem without symlinks: the pid file still names the real log
+        pass
+    return path
+
+
+def log_tail(path: Path | str, num_lines: int = NUM_LOG_LINES_ON_FAILURE, secret: str | None = None) -> str:
+    """The last lines of a log, progress-bar redraws (\\r) collapsed to their final state."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        return f"(no log: {exc})"
+    lines = [line.split("\r")[-1] if line.rstrip("\r") else "" for line in text.splitlines()]
+    return mask_secret("\n".join(lines[-num_lines:]), secret)
+
+
+def tmux_path() -> str | None:
+    return shutil.which("tmux")
+
+
+def tmux_pane_pid(session: str) -> int | None:
+    """The pid of the session's first pane, or None if there is no such session ('=': exact name)."""
+    tmux = tmux_path()
+    if tmux is None:
+        return None
+    result = subprocess.run([tmux, "display-message", "-p", "-t", f"={session}:", "#{pane_pid}"],
+                            capture_output=True, text=True)
+    return int(result.stdout.strip()) if result.returncode == 0 and result.stdout.strip().isdigit() else None
+
+
+def kill_tmux_session(session: str | None, pgid: int) -> None:
+    """End our tmux session, checked by its pane pid so a same-named session of yours survives."""
+    tmux = tmux_path()
+    if session and tmux and tmux_pane_pid(session) == pgid:
+        subprocess.run([tmux, "kill-session", "-t", f"={session}"], capture_output=True)
+
+
+def launch_in_tmux(config: ServerConfig, log_path: Path) -> int:
+    """Start the server in a detached tmux session; return the pane pid (= its process group).
+
+    Why `-e` for the environment: a tmux server that is already running gives new sessions *its*
+    environment, not ours; passing ours explicitly makes the server see what this shell sees.
+    """
+    if tmux_pane_pid(config.session_name) is not None:
+        raise ServeError(f"A tmux session named '{config.session_name}' already exists but no running server is "
+                         f"recorded for it. Look at it: tmux attach -t {config.session_name}; or pick another "
+                         "name: --name NAME")
+    argv = [tmux_path() or "tmux", "new-session", "-d", "-s", config.session_name, "-c", str(REPO_ROOT),
+            "-P", "-F", "#{pane_pid}"]
+    for key, value in config.child_env().items():
+        if key not in _TMUX_ENV_SKIP and _ENV_NAME.fullmatch(key):
+            argv += ["-e", f"{key}={value}"]
+    pipeline = f"{shlex.join(config.command())} 2>&1 | tee -a {shlex.quote(str(log_path))}"
+    argv += ["--", "/bin/sh", "-c", pipeline]
+    result = subprocess.run(argv, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ServeError(f"tmux could not start the session: {mask_secret(result.stderr.strip(), config.api_key)}")
+    return int(result.stdout.strip())
+
+
+def launch_detached(config: ServerConfig, log_path: Path) -> int:
+    """Start the server in a new session (its own process group), output to the log; return its pid."""
+    with open(log_path, "ab") as log:  # the child keeps its own copy of the file descriptor
+        proc = subprocess.Popen(config.command(), cwd=REPO_ROOT, env=config.child_env(), stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return proc.pid
+
+
+def launch_in_terminal(config: ServerConfig, log_path: Path) -> tuple[subprocess.Popen[bytes], str | None]:
+    """Start the server attached to this terminal, its output also going to the log.
+
+    Why `script`: vLLM's loading bars (tqdm) render live only on a terminal; `script -f` runs the
+    server on a pseudo-terminal, shows everything here and flushes it to the log as it comes.
+    Under `script` the terminal is raw, so Ctrl-C reaches vLLM itself, which shuts down cleanly.
+
+    Returns:
+        The launcher process, and a note for the user when `script` is missing.
+    """
+    env = {**config.child_env(), "SHELL": "/bin/sh"}  # script runs the command with $SHELL -c
+    script = shutil.which("script")
+    if script:
+        argv = [script, "-q", "-f", "-e", "-c", "exec " + shlex.join(config.command()), str(log_path)]
+        return subprocess.Popen(argv, cwd=REPO_ROOT, env=env), None
+    pipeline = f"{shlex.join(config.command())} 2>&1 | tee -a {shlex.quote(str(log_path))}"
+    proc = subprocess.Popen(["/bin/sh", "-c", pipeline], cwd=REPO_ROOT, env=env, start_new_session=True)
+    return proc, ("note: `script` (util-linux: sudo apt-get install util-linux) not found: the output goes "
+                  "through a plain pipe, so loading bars appear only when they finish.")
