@@ -17,8 +17,12 @@ Paths below are those of vLLM 0.32.0 (the v1 engine):
 
 from __future__ import annotations
 
+import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from labs.errors import WorkbookError
@@ -513,3 +517,124 @@ def parse_server_args(argv: list[str]) -> Any:
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
     return make_arg_parser(FlexibleArgumentParser()).parse_args(argv)
+
+
+# --- Lab 6: profiling the live engine ---------------------------------------------------------
+
+
+def worker_torch_profiler(llm_or_engine: Any) -> Any:
+    """The `torch.profiler.profile` vLLM's worker ran for the last `start_profile()`/`stop_profile()`.
+
+    Why reach for it: vLLM writes the trace file and prints a table, but the profiler object's
+    `key_averages()` is what a lab can turn into a DataFrame. It lives on the worker's
+    `TorchProfilerWrapper` (vllm/profiler/wrapper.py), created by the first `start_profile()`.
+
+    Returns:
+        The `torch.profiler.profile`; raises if the engine was built without `profiler_config`.
+    """
+    wrapper = getattr(engine_core(llm_or_engine).model_executor.driver_worker.worker, "profiler", None)
+    profile = getattr(wrapper, "profiler", None)
+    if profile is None:
+        raise RuntimeError("vLLM's worker has no torch profiler yet: build the engine with "
+                           "profiler_config={'profiler': 'torch', 'torch_profiler_dir': ...} and call "
+                           "llm.start_profile() / llm.stop_profile() first.")
+    return profile
+
+
+def profiler_trace_dir(llm_or_engine: Any) -> Path:
+    """Where vLLM's torch profiler writes traces: the engine's `profiler_config.torch_profiler_dir`."""
+    return Path(_llm_engine(llm_or_engine).vllm_config.profiler_config.torch_profiler_dir)
+
+
+def engine_stage_methods(llm_or_engine: Any) -> dict[str, list[tuple[Any, str]]]:
+    """Which (object, method name) does each stage of a request's life, in vLLM 0.32.0.
+
+    Why these five: they are the whole path of a request through `LLM.generate` (Lab 1's life of
+    a request). Tokenization runs once per prompt in the renderer; every engine step then
+    schedules (`schedule`, and `update_from_output` to append the sampled tokens), runs the model
+    runner's `execute_model` (input preparation, the forward pass, the logits) and `sampler`,
+    and the front end's output processor detokenizes the new tokens into text.
+    Wrap these attributes on these single instances only; nothing else in the process changes.
+    """
+    engine = _llm_engine(llm_or_engine)
+    core = engine_core(llm_or_engine)
+    runner = model_runner(llm_or_engine)
+    return {
+        "tokenization": [(engine.renderer, "tokenize_prompt")],
+        "scheduling": [(core.scheduler, "schedule"), (core.scheduler, "update_from_output")],
+        "forward": [(runner, "execute_model")],
+        "sampling": [(runner.sampler, "forward")],
+        "detokenization": [(engine.output_processor, "process_outputs")],
+    }
+
+
+@contextmanager
+def timed_engine_stages(llm_or_engine: Any) -> Iterator[dict[str, list[float]]]:
+    """Time every call of the `engine_stage_methods`; put the methods back on exit.
+
+    Why instance wrappers: they measure the real engine with nothing else changed, and only for
+    the `with` block; a method already wrapped on the instance (`record_scheduler_outputs`) is
+    wrapped again and restored as it was.
+
+    Yields:
+        stage -> seconds of each call, filled while the block runs.
+    """
+    durations: dict[str, list[float]] = {}
+    installed: list[tuple[Any, str, Any]] = []  # (object, name, what its __dict__ held before)
+
+    def timed(stage: str, method: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                durations[stage].append(time.perf_counter() - start)
+        return wrapper
+
+    try:
+        for stage, pairs in engine_stage_methods(llm_or_engine).items():
+            durations[stage] = []
+            for obj, name in pairs:
+                installed.append((obj, name, vars(obj).get(name)))
+                setattr(obj, name, timed(stage, getattr(obj, name)))
+        yield durations
+    finally:
+        for obj, name, before in reversed(installed):
+            if before is None:
+                delattr(obj, name)  # back to the class's method
+            else:
+                setattr(obj, name, before)
+
+
+def model_weight_bytes(llm_or_engine: Any) -> int:
+    """Bytes of the model's weights in the dtype the engine runs them in: what a decode step reads.
+
+    Why not `sum(p.numel() for p in model.parameters())`: vLLM's CPU backend repacks every linear
+    layer's weight for its own GEMM kernel (a `cpu_linear` closure) and leaves an empty parameter
+    behind, so the parameters would show about a quarter of the weights. The checkpoint's tensor
+    shapes (safetensors headers; nothing is loaded) times the engine's dtype size do not move.
+    A tied embedding is stored once, and is read once per step, as the LM head.
+    """
+    import torch
+    from safetensors import safe_open
+
+    config = _llm_engine(llm_or_engine).model_config
+    numel = 0
+    for path in sorted(Path(config.model).glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():
+                shape = f.get_slice(name).get_shape()
+                numel += int(torch.tensor(shape).prod()) if shape else 1
+    if numel == 0:  # not a local safetensors folder: fall back to what the parameters hold
+        return sum(p.numel() * p.element_size() for p in model(llm_or_engine).parameters())
+    return numel * torch.empty((), dtype=config.dtype).element_size()
+
+
+def kv_cache_bytes_per_token(llm_or_engine: Any) -> int:
+    """KV cache bytes one token occupies across all layers, from the engine's own KV cache spec.
+
+    Why the spec: `page_size_bytes` of a group is what one block of one layer really takes
+    (K and V, all KV heads, the cache dtype), so this matches what the engine allocated.
+    """
+    groups = scheduler(llm_or_engine).kv_cache_config.kv_cache_groups
+    return sum(len(g.layer_names) * g.kv_cache_spec.page_size_bytes // g.kv_cache_spec.block_size for g in groups)

@@ -185,6 +185,10 @@ class ServerConfig:
     def child_env(self) -> dict[str, str]:
         """The server's whole environment: ours, the overrides, and the API key if there is one."""
         env = {**os.environ, **self.env_overrides()}
+        # A notebook or test that made an in-process engine (make_llm) exported
+        # VLLM_ENABLE_V1_MULTIPROCESSING=0; a server inheriting it runs the model inside its engine
+        # core on CPU (no separate worker) and was measured ~10x slower. Servers use vLLM's default.
+        env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
         if self.api_key:
             env[API_KEY_ENV] = self.api_key
         return env
