@@ -5,14 +5,13 @@ the end. The truths are vLLM's, never ours: the server's token counters, vLLM's
 `calculate_metrics` fed our raw timings, and the JSON that vLLM's own serving benchmark saves
 against the same server with the same prompts.
 
-Cross-check tolerance: both tools measure the same server one after the other, on a 2-core
-machine that other work shares (load average 4-6 while this was written). There, consecutive
-runs of ONE tool alone differed by up to 30% in throughput and TTFT, so agreement is asserted at
-`CROSSCHECK_TOLERANCE` (50%) on throughput and on the medians of TTFT, TPOT and E2EL (medians
-over 3 runs per tool; runs whose tokens arrived in bursts are repeated, see
-`labs.bench.crosscheck.disturbed`), and the whole table is printed (`pytest -s`) with the 10%
-verdict. When even the repeats are disturbed the machine is too busy to compare latencies at
-all, and the agreement part is skipped with the load average in the message. That the
+Cross-check tolerance: both tools measure the same server one after the other, one request at a
+time (with several in flight, TTFT depends on how arrivals interleave with decode steps and
+consecutive runs of ONE tool differed by 10-50%). Agreement is asserted within 10% on throughput
+and on the medians of TTFT, TPOT and E2EL (medians over 3 runs per tool; runs whose tokens
+arrived in bursts are repeated, see `labs.bench.crosscheck.disturbed`); on an idle 2-core machine
+they agreed within 2%. When even the repeats are disturbed (a busy machine), the agreement part
+is skipped with the load average in the message. That the
 definitions are vLLM's is checked exactly, without noise, by
 `test_summary_equals_vllm_calculate_metrics`.
 """
@@ -42,7 +41,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TEST_MODEL = "tiny-phrasebook"
 START_TIMEOUT_S = 300
 API_KEY = "sk-bench-9c1e"
-CROSSCHECK_TOLERANCE = 0.50
+CROSSCHECK_TOLERANCE = 0.10
 
 
 @dataclass
@@ -220,13 +219,13 @@ def test_cli_prints_vllm_table_and_saves_json(server: Server, tmp_path: Path) ->
 
 @pytest.mark.server
 def test_crosscheck_against_vllm_bench_serve(server: Server, tmp_path: Path) -> None:
-    check = crosscheck(server.url, num_prompts=16, input_len=32, output_len=24, max_concurrency=2, repeats=3,
+    check = crosscheck(server.url, num_prompts=16, input_len=32, output_len=24, max_concurrency=1, repeats=3,
                        tokenizer=None, work_dir=tmp_path, echo=lambda _: None, api_key=API_KEY, max_attempts=4)
     print("\n" + check.table.to_string(index=False))
     print(f"all within 10%: {check.all_agree}; disturbed runs repeated: {check.num_disturbed_runs}")
     # Our JSON has every key vLLM's benchmark saves (read from the file its module wrote).
     vllm_keys = set(json.loads(check.vllm_result_paths[0].read_text()))
-    ours = bench.BenchmarkResult(bench.BenchmarkConfig(model=TEST_MODEL, max_concurrency=2), [], [],
+    ours = bench.BenchmarkResult(bench.BenchmarkConfig(model=TEST_MODEL, max_concurrency=1), [], [],
                                  check.ours[0]).to_json(detailed=False)
     assert vllm_keys <= set(ours), f"missing: {sorted(vllm_keys - set(ours))}"
     assert all(run["completed"] == 16 and run["failed"] == 0 for run in check.vllm)
