@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import ctypes.util
 import math
-import threading
-import time
 from typing import Any
 
 import pandas as pd
 import psutil
+
+from labs.bench.sampling import BackgroundSampler
 
 COLUMNS = ("t_s", "backend", "num_processes", "cpu_percent", "rss_mib", "gpu_util_percent", "gpu_memory_mib")
 
@@ -49,7 +49,7 @@ def server_pid(target: Any) -> int:
     return int(pid)
 
 
-class ResourceMonitor:
+class ResourceMonitor(BackgroundSampler):
     """Samples a process tree's CPU and memory (and the GPU's, when there is one).
 
     Use:
@@ -60,15 +60,13 @@ class ResourceMonitor:
     `cpu_percent` is summed over the tree: 200 means two cores busy.
     """
 
+    thread_name = "resource-monitor"
+
     def __init__(self, pid: int, interval_s: float = 0.25, use_gpu: bool | None = None) -> None:
+        super().__init__(interval_s)
         self.root = psutil.Process(pid)
-        self.interval_s = interval_s
         self.use_gpu = has_nvidia_gpu() if use_gpu is None else use_gpu
-        self.samples: list[dict[str, Any]] = []
         self._procs: dict[int, psutil.Process] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._t0 = time.perf_counter()
         self.sample()  # primes cpu_percent: psutil measures CPU time between two calls
 
     def _tree(self) -> list[psutil.Process]:
@@ -100,34 +98,11 @@ class ResourceMonitor:
             except psutil.NoSuchProcess:
                 continue
         util, gpu_memory = self._gpu(alive) if self.use_gpu else (math.nan, math.nan)
-        row = {"t_s": time.perf_counter() - self._t0, "backend": "gpu" if self.use_gpu else "cpu",
+        row = {"t_s": self.elapsed_s(), "backend": "gpu" if self.use_gpu else "cpu",
                "num_processes": len(alive), "cpu_percent": cpu, "rss_mib": rss,
                "gpu_util_percent": util, "gpu_memory_mib": gpu_memory}
         self.samples.append(row)
         return row
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.sample()
-
-    def start(self) -> ResourceMonitor:
-        self.samples.clear()
-        self._t0 = time.perf_counter()
-        self._thread = threading.Thread(target=self._loop, name="resource-monitor", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> pd.DataFrame:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        return self.df
-
-    def __enter__(self) -> ResourceMonitor:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def df(self) -> pd.DataFrame:

@@ -14,7 +14,6 @@ are summed over, so the numbers cover every engine the server runs.
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -23,6 +22,8 @@ import numpy as np
 import pandas as pd
 import requests
 from prometheus_client.parser import text_string_to_metric_families
+
+from labs.bench.sampling import BackgroundSampler
 
 # vLLM 0.32.0 names, as its /metrics lists them.
 LATENCY_HISTOGRAMS = (
@@ -181,12 +182,8 @@ def delta(before: MetricsSnapshot, after: MetricsSnapshot) -> MetricsDelta:
     return MetricsDelta(histograms, counters, after.taken_at - before.taken_at)
 
 
-class MetricsPoller:
+class MetricsPoller(BackgroundSampler):
     """Samples the server's gauges in a background thread while a benchmark runs.
-
-    Why a thread (not an asyncio task): the benchmark may run in its own event loop (or in a
-    thread of a notebook), and a blocking `requests.get` every `interval_s` must not delay
-    the requests being timed.
 
     Use:
         with MetricsPoller(url) as poller:
@@ -194,41 +191,21 @@ class MetricsPoller:
         poller.df   # t_s, kv_cache_usage_perc, num_requests_running, num_requests_waiting
     """
 
+    thread_name = "metrics-poller"
+
     def __init__(self, base_url: str, interval_s: float = 0.1, gauges: tuple[str, ...] = POLLED_GAUGES,
                  api_key: str | None = None) -> None:
-        self.base_url, self.interval_s, self.gauges, self.api_key = base_url, interval_s, gauges, api_key
-        self.samples: list[dict[str, float]] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__(interval_s)
+        self.base_url, self.gauges, self.api_key = base_url, gauges, api_key
 
-    def _loop(self) -> None:
-        t0 = time.perf_counter()
-        while not self._stop.is_set():
-            try:
-                values = parse_metrics(fetch_metrics_text(self.base_url, self.api_key, timeout_s=5)).gauges
-            except requests.RequestException:
-                values = {}  # a busy server may miss one sample; keep sampling
-            if values:
-                self.samples.append({"t_s": time.perf_counter() - t0,
-                                     **{g.removeprefix("vllm:"): values.get(g, math.nan) for g in self.gauges}})
-            self._stop.wait(self.interval_s)
-
-    def start(self) -> MetricsPoller:
-        self._thread = threading.Thread(target=self._loop, name="metrics-poller", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> pd.DataFrame:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        return self.df
-
-    def __enter__(self) -> MetricsPoller:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def sample(self) -> None:
+        try:
+            values = parse_metrics(fetch_metrics_text(self.base_url, self.api_key, timeout_s=5)).gauges
+        except requests.RequestException:
+            return  # a busy server may miss one sample; keep sampling
+        if values:
+            self.samples.append({"t_s": self.elapsed_s(),
+                                 **{g.removeprefix("vllm:"): values.get(g, math.nan) for g in self.gauges}})
 
     @property
     def df(self) -> pd.DataFrame:
