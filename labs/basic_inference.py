@@ -22,6 +22,7 @@ class StepRecord:
 
     step: int
     num_scheduled_tokens: int  # tokens of this request the scheduler let through this step
+    num_cached_tokens: int  # prompt tokens found in the prefix cache this step (not computed)
     num_computed_tokens: int  # tokens whose K/V are now in the cache
     block_ids: list[int]  # the request's block table after the step
     new_token_ids: list[int]  # what the sampler produced this step
@@ -63,8 +64,10 @@ class RequestTrace:
         shown = " ".join(repr(t) for t in self.prompt_tokens[:12]) + (" ..." if n > 12 else "")
         lines = [
             f"1. tokenizer     {n} prompt tokens: {shown}",
-            f"2. scheduler     step 1 scheduled {self.steps[0].num_scheduled_tokens} tokens "
-            f"(the whole prompt: prefill), then 1 token per step (decode)",
+            f"2. scheduler     step 1 scheduled {self.steps[0].num_scheduled_tokens} tokens (prefill"
+            + (f"; the first {self.steps[0].num_cached_tokens} were found in the prefix cache"
+               if self.steps[0].num_cached_tokens else ": the whole prompt")
+            + "), then 1 token per step (decode)",
             f"3. KV blocks     prompt -> {self.num_prompt_blocks} block(s) of {self.block_size} tokens: "
             f"{self.steps[0].block_ids}",
             f"4. model runner  {self.model_class}; KV cache per layer {self.kv_cache_shape} {self.kv_cache_dtype}",
@@ -118,11 +121,12 @@ def trace_request(llm: Any, prompt: str, sampling_params: Any, max_steps: int = 
     params.output_kind = RequestOutputKind.CUMULATIVE
     request_id = f"trace-{next(_trace_ids)}"
     engine.add_request(request_id, {"prompt_token_ids": list(prompt_token_ids)}, params)
-    num_computed_before = 0
+    recorded = vi.record_scheduler_outputs(llm)  # what the scheduler decided, step by step
     for step in range(1, max_steps + 1):
         sched = vi.scheduler(llm)
         rid = vi.internal_request_id(llm, request_id)
         request = sched.requests[rid]
+        recorded.clear()
         outputs = engine.step()
         # A finished request is freed inside step(): read its state from the Request object kept above.
         num_computed = request.num_computed_tokens
@@ -132,14 +136,15 @@ def trace_request(llm: Any, prompt: str, sampling_params: Any, max_steps: int = 
         token_ids = list(mine[0].outputs[0].token_ids) if mine else trace.output_token_ids
         trace.steps.append(StepRecord(
             step=step,
-            num_scheduled_tokens=num_computed - num_computed_before,
+            num_scheduled_tokens=sum(out.num_scheduled_tokens.get(rid, 0) for out in recorded),
+            num_cached_tokens=sum(new.num_computed_tokens for out in recorded
+                                  for new in out.scheduled_new_reqs if new.req_id == rid),
             num_computed_tokens=num_computed,
             block_ids=block_ids,
             new_token_ids=token_ids[previous:],
             text=mine[0].outputs[0].text if mine else trace.output_text,
             finished=bool(mine and mine[0].finished),
         ))
-        num_computed_before = num_computed
         if trace.steps[-1].finished:
             break
     return trace
