@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from labs import vllm_internals as vi
+from labs.live import EngineObserver
 
 _trace_ids = itertools.count()
 
@@ -99,7 +100,6 @@ def trace_request(llm: Any, prompt: str, sampling_params: Any, max_steps: int = 
     Returns:
         The trace; `trace.describe()` prints it stage by stage.
     """
-    engine = llm.llm_engine
     tokenizer = llm.get_tokenizer()
     prompt_token_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     runner_kv = vi.kv_cache_tensors(llm)
@@ -112,7 +112,7 @@ def trace_request(llm: Any, prompt: str, sampling_params: Any, max_steps: int = 
         kv_cache_shape=tuple(runner_kv[0].shape),
         kv_cache_dtype=str(runner_kv[0].dtype).removeprefix("torch."),
     )
-    if engine.has_unfinished_requests():
+    if llm.llm_engine.has_unfinished_requests():
         raise RuntimeError("trace_request needs an idle engine: other requests would share its steps.")
     from vllm.sampling_params import RequestOutputKind
 
@@ -120,30 +120,27 @@ def trace_request(llm: Any, prompt: str, sampling_params: Any, max_steps: int = 
     params = sampling_params.clone()
     params.output_kind = RequestOutputKind.CUMULATIVE
     request_id = f"trace-{next(_trace_ids)}"
-    engine.add_request(request_id, {"prompt_token_ids": list(prompt_token_ids)}, params)
-    recorded = vi.record_scheduler_outputs(llm)  # what the scheduler decided, step by step
-    for step in range(1, max_steps + 1):
-        sched = vi.scheduler(llm)
-        rid = vi.internal_request_id(llm, request_id)
-        request = sched.requests[rid]
-        recorded.clear()
-        outputs = engine.step()
-        # A finished request is freed inside step(): read its state from the Request object kept above.
-        num_computed = request.num_computed_tokens
-        block_ids = vi.request_block_ids(llm, request_id) if rid in sched.requests else trace.steps[-1].block_ids
-        mine = [o for o in outputs if o.request_id == request_id]
-        previous = len(trace.output_token_ids)
-        token_ids = list(mine[0].outputs[0].token_ids) if mine else trace.output_token_ids
+    observer = EngineObserver(llm)
+    observer.add_request(request_id, list(prompt_token_ids), params)
+    num_computed_tokens = 0
+    for _ in range(max_steps):
+        obs = observer.step()
+        out = observer.last_step_outputs.get(request_id)
+        previous = trace.steps[-1] if trace.steps else None
+        num_cached = obs.num_cached_tokens.get(request_id, 0)
+        num_scheduled = obs.num_scheduled_tokens.get(request_id, 0)
+        num_computed_tokens += num_cached + num_scheduled
+        token_ids = list(out.outputs[0].token_ids) if out else trace.output_token_ids
         trace.steps.append(StepRecord(
-            step=step,
-            num_scheduled_tokens=sum(out.num_scheduled_tokens.get(rid, 0) for out in recorded),
-            num_cached_tokens=sum(new.num_computed_tokens for out in recorded
-                                  for new in out.scheduled_new_reqs if new.req_id == rid),
-            num_computed_tokens=num_computed,
-            block_ids=block_ids,
-            new_token_ids=token_ids[previous:],
-            text=mine[0].outputs[0].text if mine else trace.output_text,
-            finished=bool(mine and mine[0].finished),
+            step=obs.step,
+            num_scheduled_tokens=num_scheduled,
+            num_cached_tokens=num_cached,
+            num_computed_tokens=num_computed_tokens,
+            # a finished request is freed inside the step: keep the block table it last had
+            block_ids=obs.block_tables.get(request_id, previous.block_ids if previous else []),
+            new_token_ids=token_ids[len(trace.output_token_ids):],
+            text=out.outputs[0].text if out else trace.output_text,
+            finished=bool(out and out.finished),
         ))
         if trace.steps[-1].finished:
             break

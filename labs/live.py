@@ -55,6 +55,7 @@ class EngineObserver:
     llm: Any
     history: list[StepObservation] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)  # request id -> final RequestOutput
+    last_step_outputs: dict[str, Any] = field(default_factory=dict)  # request id -> RequestOutput of the last step
 
     def add_request(self, request_id: str, prompt: str | list[int], params: Any) -> None:
         """Queue a request: text, or token ids (to control prompt lengths exactly)."""
@@ -77,6 +78,7 @@ class EngineObserver:
                 if new_req.num_computed_tokens:
                     cached[vi.external_request_id(new_req.req_id)] = new_req.num_computed_tokens
             preempted += [vi.external_request_id(r) for r in sorted(sched_out.preempted_req_ids or ())]
+        self.last_step_outputs = {vi.external_request_id(out.request_id): out for out in outputs}
         for out in outputs:
             if out.finished:
                 self.outputs[vi.external_request_id(out.request_id)] = out
