@@ -638,3 +638,84 @@ def kv_cache_bytes_per_token(llm_or_engine: Any) -> int:
     """
     groups = scheduler(llm_or_engine).kv_cache_config.kv_cache_groups
     return sum(len(g.layer_names) * g.kv_cache_spec.page_size_bytes // g.kv_cache_spec.block_size for g in groups)
+
+
+# --- Lab 5: KV-cache quantization -------------------------------------------------------------
+
+
+def kv_cache_spec_bytes_per_token(num_layers: int, num_kv_heads: int, head_size: int, kv_cache_dtype: str = "auto",
+                                  model_dtype: Any = None, block_size: int = 32) -> int:
+    """KV bytes per token that vLLM would allocate for a model shape, without building an engine.
+
+    Why: vLLM sizes its cache from a `FullAttentionSpec` per layer (page_size_bytes of one block);
+    building that spec for any shape and `kv_cache_dtype` ("auto", "fp8", "fp8_e5m2", ...) gives
+    vLLM's own figure for configurations no engine here runs. The storage dtype comes from
+    `STR_DTYPE_TO_TORCH_DTYPE` (every fp8 variant is stored as uint8 codes).
+
+    Args:
+        num_layers, num_kv_heads, head_size: the model's attention shape.
+        kv_cache_dtype: as `LLM(kv_cache_dtype=...)`; "auto" stores the model's dtype.
+        model_dtype: the model's torch dtype (default bfloat16).
+        block_size: tokens per block (bytes per token do not depend on it).
+    """
+    check_vllm_version()
+    import torch
+    from vllm.utils.torch_utils import STR_DTYPE_TO_TORCH_DTYPE
+    from vllm.v1.kv_cache_interface import FullAttentionSpec
+
+    dtype = (model_dtype or torch.bfloat16) if kv_cache_dtype == "auto" else STR_DTYPE_TO_TORCH_DTYPE[kv_cache_dtype]
+    spec = FullAttentionSpec(block_size=block_size, num_kv_heads=num_kv_heads, head_size=head_size, dtype=dtype)
+    return num_layers * spec.page_size_bytes // block_size
+
+
+def attention_kv_scales(llm_or_engine: Any) -> dict[str, tuple[float, float]]:
+    """(k_scale, v_scale) of every attention layer of a live engine, by layer name.
+
+    Why: vLLM's fp8 KV cache stores K / k_scale and V / v_scale; the scales live on each
+    `Attention` layer (`_k_scale_float`, `_v_scale_float`), set from the checkpoint's
+    quantization config or left at 1.0. The layers are found where the model runner registers
+    them, `compilation_config.static_forward_context`.
+    """
+    context = model_runner(llm_or_engine).compilation_config.static_forward_context
+    return {name: (float(layer._k_scale_float), float(layer._v_scale_float))
+            for name, layer in context.items() if hasattr(layer, "_k_scale_float")}
+
+
+def tp_rank_weights(model: Any) -> list[dict[str, Any]]:
+    """This worker's share of every linear layer and embedding, with its real per-rank shape.
+
+    Call it inside each worker: `LLM.apply_model(fn)` where `fn(model)` calls this (the function
+    must live in an importable module). Why not `named_parameters()`: vLLM's CPU backend repacks
+    every linear weight for its own GEMM kernel (a `cpu_linear` closure in
+    `vllm/model_executor/layers/utils.py`, `dispatch_cpu_unquantized_gemm`) and leaves a (0,)
+    parameter behind. Here an identity matrix goes through the layer's own GEMM
+    (`quant_method.apply`), which returns exactly W^T: the weights this rank really multiplies by.
+    Unquantized models only (a quantized layer's GEMM does not return its weight exactly).
+
+    Returns:
+        One dict per layer: name, kind (vLLM class), weight ((out, in) tensor, on the CPU),
+        full_shape (the whole layer's (out, in)), output_partition_sizes, how (how it was read).
+    """
+    import torch
+    from vllm.model_executor.layers.linear import LinearBase
+    from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
+
+    rows: list[dict[str, Any]] = []
+    for name, module in model.named_modules():
+        if isinstance(module, LinearBase):
+            weight = module.weight
+            if weight.numel() == 0:
+                eye = torch.eye(module.input_size_per_partition, dtype=weight.dtype, device=weight.device)
+                with torch.no_grad():
+                    recovered = module.quant_method.apply(module, eye, None).t()  # (out, in) per rank
+                how = "identity through the layer's repacked GEMM"
+            else:
+                recovered, how = weight.detach(), "parameter"
+            rows.append({"name": name, "kind": type(module).__name__, "weight": recovered.cpu().contiguous(),
+                         "full_shape": (module.output_size, module.input_size),
+                         "output_partition_sizes": list(getattr(module, "output_partition_sizes", [])), "how": how})
+        elif isinstance(module, VocabParallelEmbedding):
+            rows.append({"name": name, "kind": type(module).__name__, "weight": module.weight.detach().cpu(),
+                         "full_shape": (module.org_vocab_size, module.embedding_dim),
+                         "output_partition_sizes": [module.num_embeddings_per_partition], "how": "parameter"})
+    return rows

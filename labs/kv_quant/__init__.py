@@ -1,0 +1,7 @@
+"""Lab 5: KV-cache quantization (fp8 e4m3/e5m2, int8 per-token/per-head) on the mini engine.
+
+Reading order: quantize.py (schemes, scales, bytes) -> calibrate.py (static scales from
+calibration prompts) -> cache.py (the quantized paged KV cache inside the mini engine) ->
+measure.py (bytes, errors, top-1 agreement, phrasebook exact match) -> vllm_fp8.py (the real
+engine with kv_cache_dtype="fp8").
+"""

@@ -1,0 +1,52 @@
+"""Step 2: KV-cache quantization, safe to run and step through under a debugger.
+
+Calibrates static scales on a few phrasebook prompts, answers them with an int8 and an fp8 KV
+cache in the mini engine, then with real vLLM and kv_cache_dtype="fp8" where the hardware can.
+
+Run it:   python my_debug_scripts/step2_kv_quantization.py   (or F5 "Step 2: KV-cache quantization (debug-safe)")
+
+Breakpoints worth setting (justMyCode: false):
+  - labs/kv_quant/cache.py                       QuantizedPagedAttention.forward   quantize on write, dequantize on read
+  - labs/kv_quant/quantize.py                    quantize                          saturate, then round (int8) or cast (fp8)
+  - vllm/v1/attention/backends/cpu_attn.py       CPUAttentionBackendImpl.forward   vLLM writes K / k_scale as fp8 codes
+  - vllm/model_executor/layers/attention/attention.py  (search _k_scale_float)     where vLLM's k_scale / v_scale start at 1.0
+"""
+
+# Must run before anything imports vLLM: it decides whether the engine core gets its own process.
+from labs.debug_safe import prepare_debug_session
+
+log = prepare_debug_session(__file__)
+
+import sys  # noqa: E402
+
+NUM_PROMPTS = 4  # enough to see every answer; the notebook runs all 320
+
+
+def main() -> int:
+    from labs.kv_quant.cache import kv_cache_nbytes, make_quantized_llm
+    from labs.kv_quant.calibrate import calibrate
+    from labs.kv_quant.measure import greedy_answers, phrasebook_messages
+    from labs.kv_quant.vllm_fp8 import compare_kv_dtypes, run_vllm_kv_dtype
+    from labs.mini.llm import LLM
+
+    messages = phrasebook_messages()[:NUM_PROMPTS]
+    baseline = LLM("tiny-phrasebook", num_kv_blocks=64)
+    amax = calibrate(baseline, messages)  # BREAKPOINT in recording_amax's hook to see K/V per layer
+    print(f"calibrated on {amax.num_tokens} tokens; K amax per layer and KV head:\n{amax.key}")
+    expected = [o.outputs[0].text for o in greedy_answers(baseline, messages)]
+    for scheme in ("int8_per_token", "fp8_e4m3"):
+        llm = make_quantized_llm("tiny-phrasebook", scheme, amax, num_kv_blocks=64)
+        answers = [o.outputs[0].text for o in greedy_answers(llm, messages)]  # BREAKPOINT in QuantizedPagedAttention.forward
+        ratio = kv_cache_nbytes(llm) / kv_cache_nbytes(baseline)
+        print(f"{scheme}: KV bytes {ratio:.3f} of bf16, answers equal bf16's: {answers == expected} {answers}")
+        log.info("%s: ratio %.3f, same answers %s", scheme, ratio, answers == expected)
+
+    runs = [run_vllm_kv_dtype(d, messages, verbose=True) for d in ("auto", "fp8")]  # one engine at a time
+    print(compare_kv_dtypes(runs).to_string())
+    return 0
+
+
+if __name__ == "__main__":
+    from labs.errors import run_main
+
+    sys.exit(run_main(main))  # a missing model or unsupported setting prints one clear message
