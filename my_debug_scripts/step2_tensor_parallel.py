@@ -1,0 +1,60 @@
+"""Step 2: tensor parallelism, two real ranks, safe to run and to debug one rank per debugger.
+
+Runs the workbook's from-scratch Megatron layers (labs/tensor_parallel/) on 2 processes: every
+attention, MLP and block of tiny-phrasebook on a phrasebook prompt, compared with transformers'
+Qwen2 in this process, with the all-reduces counted. `--vllm` then runs real vLLM with
+tensor_parallel_size=2 and compares its greedy tokens with one worker's.
+
+Run it:   python my_debug_scripts/step2_tensor_parallel.py [--vllm]
+Debug the ranks (F5 "Step 2: tensor parallel (ranks wait for a debugger)", then the compound
+"Attach: tensor-parallel ranks 0 and 1"): WORKBOOK_DEBUG_RANKS=1 makes rank r listen on
+127.0.0.1:5679+r and wait for its debugger (WORKBOOK_DEBUG_BASE_PORT moves the ports;
+WORKBOOK_DEBUG_WAIT=0 listens without waiting).
+
+Breakpoints worth setting (justMyCode: false):
+  - labs/tensor_parallel/comm.py     CountingAllReduce.__call__ (the "BREAKPOINT" line)   both ranks stop; `rank` differs
+  - labs/tensor_parallel/layers.py   RowParallelLinear.forward    the partial sum each rank holds before the reduce
+  - labs/tensor_parallel/layers.py   TPQwen2Attention.forward     this rank's heads only (num_heads, num_kv_heads)
+  - vllm/distributed/communication_op.py  tensor_model_parallel_all_reduce   vLLM's own reduce (--vllm, in its workers)
+"""
+
+# Must run before anything imports vLLM: it decides whether the engine core gets its own process.
+from labs.debug_safe import prepare_debug_session
+
+log = prepare_debug_session(__file__)
+
+import sys  # noqa: E402
+
+
+def main() -> int:
+    from labs.models import resolve_model
+    from labs.tensor_parallel import checks
+
+    model_dir = resolve_model("tiny-phrasebook").path  # the from-scratch layers need a tied Qwen2 checkpoint
+    token_ids = checks.phrasebook_prompt_ids(model_dir)
+    log.info("prompt: %d tokens; starting 2 ranks", len(token_ids))
+    ref, rank_outputs = checks.run_equivalence(model_dir, token_ids, world_size=2)  # BREAKPOINT: ranks are running
+    for row in checks.max_abs_diff(rank_outputs, ref):
+        print(f"layer {row['layer']} {row['module']:<9} max |TP - 1 process| = {row['max |TP - 1 process|']:.2e}   "
+              f"all-reduces per rank: {row['all-reduces per rank']}")
+    logits_diff = max((out["logits"] - ref.logits).abs().max().item() for out in rank_outputs)
+    print(f"whole model: {rank_outputs[0]['reduces']['model']} all-reduces per rank "
+          f"({', '.join(rank_outputs[0]['model_call_sites'][:3])}, ...); max |logits diff| = {logits_diff:.2e}")
+    log.info("from-scratch TP done: %d all-reduces per rank", rank_outputs[0]["reduces"]["model"])
+
+    if "--vllm" in sys.argv[1:]:
+        from labs.tensor_parallel.vllm_tp import run_tp
+
+        tp1, tp2 = run_tp(1), run_tp(2)  # one after the other: each engine is freed before the next starts
+        same = tp1["token_ids"] == tp2["token_ids"]
+        print(f"vLLM greedy tokens, TP=2 vs TP=1: {'identical' if same else 'DIFFERENT'} "
+              f"({len(tp1['token_ids'])} prompts); TP=2 started in {tp2['start_s']:.0f} s")
+        log.info("vLLM TP=2 == TP=1: %s", same)
+    log.info("done")
+    return 0
+
+
+if __name__ == "__main__":  # required: the ranks are spawned processes that import this file
+    from labs.errors import run_main
+
+    sys.exit(run_main(main))
