@@ -42,6 +42,28 @@ def _weights_bytes(model_path: str) -> int:
     return sum(f.stat().st_size for f in path.glob("*.safetensors")) + sum(f.stat().st_size for f in path.glob("*.bin"))
 
 
+# What make_llm exported for the last engine (name -> value). vLLM reads these variables from the
+# environment, so they must be exported; remembering them lets the next make_llm start from the
+# user's own environment instead of inheriting, say, a TP=2 thread binding for a TP=1 engine.
+_exported_env: dict[str, str] = {}
+
+
+def export_engine_env(env: dict[str, str]) -> None:
+    """Export the engine settings' variables; a variable the user exported already wins."""
+    for key, value in env.items():
+        if key not in os.environ:
+            os.environ[key] = value
+            _exported_env[key] = value
+
+
+def unexport_engine_env() -> None:
+    """Remove what `export_engine_env` exported (unless it has been changed since)."""
+    for key, value in list(_exported_env.items()):
+        if os.environ.get(key) == value:
+            del os.environ[key]
+    _exported_env.clear()
+
+
 def plan_run(model: str | None = None, *, block_size: int | None = None, kv_cache_dtype: str = "auto",
              tensor_parallel_size: int = 1) -> RunInfo:
     """Resolve the model and the engine settings without starting anything (cheap; raises early)."""
@@ -76,12 +98,12 @@ def make_llm(model: str | None = None, *, block_size: int | None = None, kv_cach
     from labs.vllm_internals import check_vllm_version, disable_envs_cache
 
     check_vllm_version()
+    unexport_engine_env()  # the previous engine's TP binding must not leak into this one
     run = plan_run(model, block_size=block_size, kv_cache_dtype=kv_cache_dtype,
                    tensor_parallel_size=tensor_parallel_size)
     if verbose:
         print(run.describe(), flush=True)
-    for key, value in run.settings.env.items():  # what the user exported wins
-        os.environ.setdefault(key, value)
+    export_engine_env(run.settings.env)
     if inspectable is not None:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if inspectable else "1"
     else:  # nothing asked: what the user (or labs.debug_safe) set wins, else keep the core here

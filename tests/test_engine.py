@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -70,3 +71,21 @@ def test_free_llm_releases_the_engine_so_a_second_one_starts() -> None:
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "SECOND-ENGINE-OK" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_a_tp2_thread_binding_does_not_leak_into_the_next_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """make_llm exports the settings' variables; the next make_llm must start from the user's own."""
+    from labs.engine import export_engine_env, plan_run, unexport_engine_env
+    from labs.hardware import detect_hardware
+
+    hw = detect_hardware()
+    if hw.device != "cpu" or hw.num_cpu_cores < 2:
+        pytest.skip("the CPU thread binding needs a CPU with 2 cores")
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "3")  # the user's own choice
+    export_engine_env(plan_run(tensor_parallel_size=2).settings.env)
+    assert "|" in os.environ["VLLM_CPU_OMP_THREADS_BIND"]
+    unexport_engine_env()
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in os.environ, "the TP=2 binding was removed"
+    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "3", "what the user exported is kept"
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in plan_run(tensor_parallel_size=1).settings.env
