@@ -23,10 +23,14 @@ the store, whatever order things arrived in. A timeout raises `DAPTimeout` inste
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 Message = dict[str, Any]
@@ -257,3 +261,37 @@ class DAPClient:
                 if message.get("event") == "output":
                     self._output.append((message.get("body") or {}).get("output", ""))
             self._cond.notify_all()
+
+
+# --- the debuggee's process (shared by the debugger tests) ---------------------------------------
+
+def free_port() -> int:
+    """A port that was free a moment ago (the OS picks it; debugpy binds it right after)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tail(path: Path, chars: int = 6000) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")[-chars:]
+    except OSError as exc:
+        return f"<cannot read {path}: {exc}>"
+
+
+def kill_tree(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the debuggee and what it started (debugpy's adapter process), by its process group."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            proc.kill()
+    else:  # the debuggee is gone; its group may still hold the adapter
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass

@@ -12,8 +12,6 @@ from __future__ import annotations
 import ast
 import inspect
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,7 +22,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `dap_client`, whatever pytest's import mode
-from dap_client import DAPClient  # noqa: E402
+from dap_client import DAPClient, free_port, kill_tree, tail  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "my_debug_scripts" / "step1_basic_llama.py"
@@ -33,13 +31,6 @@ DEBUG_LOG = REPO / "my_debug_scripts" / ".logs" / "step1_basic_llama.debug.log"
 CONNECT_TIMEOUT_S = 30
 BREAKPOINT_TIMEOUT_S = 240  # import vLLM + build the engine under the debugger's tracing
 EXIT_TIMEOUT_S = 180
-
-
-def free_port() -> int:
-    """A port that was free a moment ago (the OS picks it; debugpy binds it right after)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def generate_breakpoint() -> tuple[str, int]:
@@ -63,31 +54,6 @@ def generate_breakpoint() -> tuple[str, int]:
     statement = body[1] if has_docstring and len(body) > 1 else body[0]
     assert source_file is not None
     return source_file, first_line + statement.lineno - 1
-
-
-def tail(path: Path, chars: int = 6000) -> str:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace")[-chars:]
-    except OSError as exc:
-        return f"<cannot read {path}: {exc}>"
-
-
-def kill_tree(proc: subprocess.Popen[bytes]) -> None:
-    """Kill the debuggee and what it started (debugpy's adapter process), by its process group."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            proc.kill()
-    else:  # the debuggee is gone; its group may still hold the adapter
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
 
 
 @pytest.mark.debugger

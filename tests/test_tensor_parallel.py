@@ -27,9 +27,8 @@ from labs.tensor_parallel.comm import rank_placement
 from labs.tensor_parallel.launcher import RankFailedError, run_ranks
 from labs.tensor_parallel.layers import head_ids_for_rank, rows_of_heads
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `dap_client` and the debugpy test's helpers
-from dap_client import DAPClient  # noqa: E402
-from test_debugpy_session import free_port, kill_tree, tail  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `dap_client`, whatever pytest's import mode
+from dap_client import DAPClient, free_port, kill_tree, tail  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-4  # float32; TP changes only the order of a sum (measured: ~3e-5 at most)
