@@ -30,6 +30,7 @@ help:
 	@echo "make vllm-start      the same in this terminal, loading bars live (vllm-start-debug: DEBUG=1 logs)"
 	@echo "make vllm-status     up/down from GET /v1/models: served model, max_model_len, pid, log"
 	@echo "make vllm-logs       follow the server's latest log;  make vllm-stop  stop it (whole process group)"
+	@echo "make translate       capstone: JA->ZH translation of IN=files/folders (default: samples) into OUT=runs/translate"
 
 setup: $(SETUP_STAMP) models
 
@@ -95,3 +96,14 @@ vllm-status: setup
 
 vllm-logs: setup
 	$(PY) -m labs.serve logs --follow
+
+# --- Capstone: JA -> ZH translation (python -m labs.translate) ------------------------------------
+# make translate                      the sample documents, through the workbook's server (started if down)
+# make translate IN=docs/ OUT=runs/mine ARGS="--glossary terms.tsv --reference refs/"
+TRANSLATE_SAMPLES := runs/translate-samples
+.PHONY: translate
+translate: setup
+	@$(PY) -m labs.serve check >/dev/null 2>&1 || $(PY) -m labs.serve start-bg $(SERVE_ARGS)
+	@$(if $(IN),,$(PY) -m labs.translate.samples $(TRANSLATE_SAMPLES)/input $(TRANSLATE_SAMPLES)/reference >/dev/null)
+	$(PY) -m labs.translate $(or $(IN),$(TRANSLATE_SAMPLES)/input) --out $(or $(OUT),runs/translate) \
+		$(if $(IN),,--reference $(TRANSLATE_SAMPLES)/reference) $(ARGS)

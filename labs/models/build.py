@@ -21,12 +21,16 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
+import labs.translate.prompt as prompt_module
+from labs.models import capstone_format
 from labs.models.phrasebook import DATA_DIR, load_phrasebook, translation_messages
+from labs.translate.prompt import DATA_DIR as TRANSLATE_DATA_DIR, PromptTemplate
 from labs.models.resolve import WORKBOOK_MODELS_DIR
 from labs.models.tokenizer import train_tokenizer
 
-BUILD_VERSION = 2  # bump when the build's behaviour changes, so cached models are rebuilt
+BUILD_VERSION = 3  # bump when the build's behaviour changes, so cached models are rebuilt
 MIN_PHRASEBOOK_ACCURACY = 0.95
+MIN_CAPSTONE_ACCURACY = 0.9  # held-out chunk requests in the capstone's format answered exactly
 
 
 @dataclass(frozen=True)
@@ -59,17 +63,44 @@ class TrainConfig:
     num_threads: int = 2  # fixed, so the float reductions (and the weights) do not vary with core count
 
 
+@dataclass(frozen=True)
+class CapstoneTrainConfig:
+    """Phase 2 of tiny-phrasebook: the capstone's prompt format (labs/models/capstone_format.py).
+
+    Fine-tuning after phase 1 (not mixing from the start) keeps phase 1, and so the Lab 1 model,
+    exactly as before up to that point; plain-format batches in between keep it there.
+    """
+
+    steps: int = 1500  # capstone + plain batches, ~0.3 s each on 2 idle cores (~8 min); 800 gave 97.8% on all 320
+    learning_rate: float = 1e-3  # peak, after warmup, decaying linearly to 10%: lower than phase 1's (3e-3),
+    warmup_steps: int = 50  # the phrasebook is already memorised and a large first step would shake it
+    batch_size: int = 32
+    plain_every: int = 3  # every 3rd step is a plain-format batch, so Lab 1's format is not forgotten
+    # One paragraph per chunk (after 0-2 paragraphs of context). Chunks of 2-3 numbered paragraphs
+    # were tried: after 400 steps the model still mixed up which [n] it was on (a 4-layer model
+    # learns that lookup slowly), so the pipeline is told to send this model one paragraph at a time.
+    paragraph_counts: tuple[int, ...] = (1,)
+    max_chunk_paragraphs: int = 1  # recorded in build_info.json; the pipeline's "auto" chunking reads it
+    eval_every_steps: int = 300  # an evaluation (greedy generate of every held-out request) costs ~20 s
+    num_eval_requests: int = 64
+    stop_accuracy: float = 1.0  # stop early once every held-out chunk comes back exactly
+
+
 def _data_fingerprint() -> str:
+    """Over everything the training reads: the phrasebook and corpora, and the capstone's prompt
+    (its code and default files), so a changed preface retrains the model that must follow it."""
     h = hashlib.sha256()
-    for path in sorted(DATA_DIR.iterdir()):
+    for path in [*sorted(DATA_DIR.iterdir()), *sorted(TRANSLATE_DATA_DIR.iterdir()), Path(prompt_module.__file__)]:
         h.update(path.name.encode() + path.read_bytes())
     return h.hexdigest()
 
 
-def _build_key(name: str, model_cfg: TinyModelConfig, train_cfg: TrainConfig | None) -> str:
+def _build_key(name: str, model_cfg: TinyModelConfig, train_cfg: TrainConfig | None,
+               capstone_cfg: CapstoneTrainConfig | None) -> str:
     payload = {
         "name": name, "version": BUILD_VERSION, "data": _data_fingerprint(),
         "model": asdict(model_cfg), "train": asdict(train_cfg) if train_cfg else None,
+        "capstone": asdict(capstone_cfg) if capstone_cfg else None,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -184,6 +215,46 @@ def _train(model: Qwen2ForCausalLM, tok: PreTrainedTokenizerFast, cfg: TrainConf
     return {"epochs": epoch, "train_seconds": round(time.monotonic() - start, 1), "phrasebook_accuracy": accuracy}
 
 
+def _train_capstone(model: Qwen2ForCausalLM, tok: PreTrainedTokenizerFast, cfg: CapstoneTrainConfig, log) -> dict:
+    """Phase 2: the capstone format (see labs/models/capstone_format.py); returns what to record."""
+    import random
+
+    entries, template = load_phrasebook(), PromptTemplate.load()
+    rng, held_out = random.Random(0), capstone_format.held_out_requests(cfg.paragraph_counts, cfg.num_eval_requests)
+    plain = [encode_example(tok, e.ja, e.zh) for e in entries]
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.0, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) * max(0.1, 1 - s / cfg.steps))
+    start, accuracy, total, order, cursor = time.monotonic(), 0.0, 0.0, list(range(len(plain))), len(plain)
+    for step in range(1, cfg.steps + 1):
+        model.train()
+        if step % cfg.plain_every == 0:
+            if cursor + cfg.batch_size > len(order):
+                rng.shuffle(order)
+                cursor = 0
+            loss = capstone_format.answer_loss(model, tok.pad_token_id, [],
+                                               [plain[i] for i in order[cursor:cursor + cfg.batch_size]])
+            cursor += cfg.batch_size
+        else:
+            prefix, examples = capstone_format.capstone_batch(rng, tok, entries, template, cfg.batch_size,
+                                                              cfg.paragraph_counts)
+            loss = capstone_format.answer_loss(model, tok.pad_token_id, prefix, [(e.suffix, e.answer) for e in examples])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        total += loss.item()
+        if step % cfg.eval_every_steps == 0 or step == cfg.steps:
+            accuracy = capstone_format.capstone_accuracy(model, tok, held_out)
+            log(f"  capstone step {step:4d}  loss {total / cfg.eval_every_steps:.4f}  "
+                f"held-out chunks exact {accuracy:.1%}  ({time.monotonic() - start:.0f}s)")
+            total = 0.0
+            if accuracy >= cfg.stop_accuracy:
+                break
+    return {"steps": step, "train_seconds": round(time.monotonic() - start, 1), "held_out_accuracy": accuracy}
+
+
 def build_model(name: str, out_root: Path = WORKBOOK_MODELS_DIR, force: bool = False, log=print) -> Path:
     """Build `tiny-random` or `tiny-phrasebook` into `out_root/name` unless an identical build exists.
 
@@ -195,9 +266,11 @@ def build_model(name: str, out_root: Path = WORKBOOK_MODELS_DIR, force: bool = F
     """
     if name not in ("tiny-random", "tiny-phrasebook"):
         raise ValueError(f"unknown model {name!r}; choose tiny-random or tiny-phrasebook")
-    model_cfg, train_cfg = TinyModelConfig(), TrainConfig() if name == "tiny-phrasebook" else None
+    trained = name == "tiny-phrasebook"
+    model_cfg, train_cfg = TinyModelConfig(), TrainConfig() if trained else None
+    capstone_cfg = CapstoneTrainConfig() if trained else None
     out_dir = out_root / name
-    key = _build_key(name, model_cfg, train_cfg)
+    key = _build_key(name, model_cfg, train_cfg, capstone_cfg)
     if not force and _is_built(out_dir, key):
         log(f"{name}: up to date in {out_dir}")
         return out_dir
@@ -209,6 +282,9 @@ def build_model(name: str, out_root: Path = WORKBOOK_MODELS_DIR, force: bool = F
     info: dict = {"key": key, "name": name, "model": asdict(model_cfg)}
     if train_cfg is not None:
         info["train"] = asdict(train_cfg) | _train(model, tok, train_cfg, log)
+    if capstone_cfg is not None:
+        log("  phase 2: the capstone's prompt format")
+        info["capstone"] = asdict(capstone_cfg) | _train_capstone(model, tok, capstone_cfg, log)
     # Saved in bfloat16, the dtype vLLM's CPU and GPU backends run it in, so both engines (and HF,
     # which upcasts losslessly to float32) read the very same weights. Accuracy is measured after.
     model = model.to(torch.bfloat16).float()
@@ -219,6 +295,14 @@ def build_model(name: str, out_root: Path = WORKBOOK_MODELS_DIR, force: bool = F
             raise RuntimeError(
                 f"tiny-phrasebook reached only {accuracy:.1%} exact phrasebook translations "
                 f"(target {MIN_PHRASEBOOK_ACCURACY:.0%}); the model was not saved.")
+    if capstone_cfg is not None:
+        held_out = capstone_format.held_out_requests(capstone_cfg.paragraph_counts, capstone_cfg.num_eval_requests)
+        info["capstone"]["held_out_accuracy"] = accuracy = capstone_format.capstone_accuracy(model, tok, held_out)
+        log(f"  capstone-format chunks exact after rounding to bfloat16: {accuracy:.1%}")
+        if accuracy < MIN_CAPSTONE_ACCURACY:
+            raise RuntimeError(
+                f"tiny-phrasebook answered only {accuracy:.1%} of held-out capstone chunks exactly "
+                f"(target {MIN_CAPSTONE_ACCURACY:.0%}); the model was not saved.")
     model = model.to(torch.bfloat16)
     _save(model, tok, out_dir, info)
     log(f"{name}: done ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)")

@@ -1,0 +1,122 @@
+"""The capstone notebook's measurements: one translation job, run sequentially and concurrently.
+
+Both runs translate the same documents on the same server, one after the other, so their ratio
+is a fair comparison on a noisy machine. Around each run the server's `/metrics` are read
+before and after (prefix-cache hits, latency histograms) and polled during (KV-cache usage,
+running and waiting requests), and every request's TTFT/TPOT comes from the pipeline's own
+streamed timings, in the benchmark harness's columns so its plots apply unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from labs import bench, serve
+from labs.serve.config import API_KEY_ENV, default_url, env_setting, url_for
+from labs.translate.pipeline import TranslateConfig
+from labs.translate.run import JobResult, run_job
+
+
+@dataclass
+class LabServer:
+    """The server the notebook translates with; `stop()` only stops one the notebook started."""
+
+    url: str
+    started: bool
+    log_dir: Path | None = None
+
+    def stop(self) -> None:
+        if self.started and self.log_dir is not None:
+            serve.stop(log_dir=self.log_dir)
+
+
+def describe_setup() -> None:
+    """Print the model and hardware the job will use, as every lab does first.
+
+    With VLLM_BASE_URL set, the model is whatever that server serves (shown once it answers);
+    otherwise the workbook's server runs the workbook's model, resolved here.
+    """
+    from labs.engine import plan_run
+    from labs.hardware import detect_hardware
+
+    configured = env_setting("VLLM_BASE_URL")
+    if configured:
+        print(f"Model:    whatever the server at {default_url()} serves (VLLM_BASE_URL)")
+        print(f"Hardware: {detect_hardware().describe()} (this machine; the server may run elsewhere)")
+    else:
+        print(plan_run().describe())
+
+
+def lab_server(log_dir: Path) -> LabServer:
+    """A running server: the one at VLLM_BASE_URL if it answers, else the workbook's, started here.
+
+    Why not always start one: a learner with a GPU server already running (`make vllm-start-bg`,
+    a real model) should measure THAT server; on a fresh machine the notebook brings its own
+    on a free port, with its own log folder, and leaves any other server alone.
+    """
+    configured = env_setting("VLLM_BASE_URL")
+    if configured and serve.status(configured).up:
+        print(f"Using the server at {default_url()} (VLLM_BASE_URL)")
+        return LabServer(default_url(), started=False)
+    record = serve.read_record(log_dir)
+    if record is not None and serve.status(url_for("127.0.0.1", record.port), log_dir=log_dir).up:
+        # this notebook's own server from an earlier run that stopped before its last cell
+        print(f"Reusing the server this notebook started earlier (port {record.port}).")
+        return LabServer(url_for("127.0.0.1", record.port), started=True, log_dir=log_dir)
+    port = serve.find_free_port()
+    serve.start_background(serve.build_config(port=port, log_dir=log_dir, session_name=f"vllm-capstone-{port}"))
+    return LabServer(url_for("127.0.0.1", port), started=True, log_dir=log_dir)
+
+
+@dataclass
+class RunMeasurement:
+    """One run of the job with its server-side view.
+
+    Attributes:
+        label: e.g. "sequential" or "concurrent (8)".
+        job: the pipeline's result (documents, per-request timings).
+        server: what /metrics added during the run.
+        gauges: KV-cache usage and queue lengths sampled during the run.
+    """
+
+    label: str
+    job: JobResult
+    server: bench.MetricsDelta
+    gauges: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def row(self) -> dict[str, object]:
+        df = self.job.requests_df
+        num_output_tokens = int(df["output_len"].sum()) if not df.empty else 0
+        return {"run": self.label, "requests": len(df), "seconds": round(self.job.duration_s, 2),
+                "output tokens/s": round(num_output_tokens / self.job.duration_s, 1),
+                "median TTFT ms": round(df["ttft_ms"].median(), 1), "median TPOT ms": round(df["tpot_ms"].median(), 1),
+                "prefix-cache hit rate": round(self.server.prefix_cache_hit_rate, 3)}
+
+
+def measure_run(label: str, inputs: list[Path], url: str, out_dir: Path, concurrency: int,
+                **config: object) -> RunMeasurement:
+    """Translate `inputs` into a fresh `out_dir` (so nothing is skipped) and measure it."""
+    api_key = env_setting(API_KEY_ENV)
+    before = bench.snapshot(url, api_key)
+    with bench.MetricsPoller(url, interval_s=0.2, api_key=api_key) as poller:
+        job = run_job(inputs, TranslateConfig(out_dir=out_dir, concurrency=concurrency, **config), base_url=url)
+    time.sleep(0.5)  # the server records a request's statistics just after its last chunk is streamed
+    return RunMeasurement(label, job, bench.delta(before, bench.snapshot(url, api_key)), poller.df)
+
+
+def compare_sequential_concurrent(inputs: list[Path], url: str, out_root: Path, concurrency: int = 8,
+                                  **config: object) -> tuple[pd.DataFrame, list[RunMeasurement]]:
+    """The same job twice, one request at a time and then `concurrency` at a time.
+
+    Returns:
+        (a table with one row per run and the throughput ratio, the two measurements).
+    """
+    runs = [measure_run("sequential", inputs, url, out_root / "sequential", 1, **config),
+            measure_run(f"concurrent ({concurrency})", inputs, url, out_root / "concurrent", concurrency, **config)]
+    table = pd.DataFrame([r.row() for r in runs])
+    table["speedup"] = (table["output tokens/s"] / table["output tokens/s"].iloc[0]).round(2)
+    return table, runs

@@ -1,0 +1,71 @@
+"""python -m labs.translate INPUT... --out DIR: Japanese -> Chinese through a vLLM server.
+
+    make vllm-start-bg                                  # the workbook's server (tiny-phrasebook)
+    python -m labs.translate docs/ --out runs/translate
+    python -m labs.translate book.txt --encoding cp932 --reference ref/   # + chrF against references
+
+Rerunning the same command resumes: finished files and chunks are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from labs.errors import run_main
+from labs.translate.pipeline import DEFAULT_OUT_DIR, TranslateConfig
+from labs.translate.request import RetryPolicy
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m labs.translate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", type=Path, help="Japanese text files or folders of .txt/.md files")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT_DIR, help="output folder (default: %(default)s)")
+    p.add_argument("--base-url", help="server URL (default: VLLM_BASE_URL, else the workbook's server)")
+    p.add_argument("--model", help="served model name (default: VLLM_MODEL, else the server's first model)")
+    p.add_argument("--preface-file", type=Path, help="instruction preface (default: labs/translate/data/preface.txt)")
+    p.add_argument("--glossary", type=Path, help="TSV 'ja<TAB>zh' of fixed term translations")
+    p.add_argument("--examples", type=Path, help="TSV 'ja<TAB>zh' few-shot paragraph pairs")
+    p.add_argument("--encoding", help="input encoding, e.g. cp932 (default: UTF-8, else detected)")
+    p.add_argument("--chunk-tokens", type=int, help="source tokens per chunk at most (0: as many as fit; "
+                   "default: the model's recommendation, else 1024)")
+    p.add_argument("--chunk-paragraphs", type=int, help="paragraphs per chunk at most (0: no limit; "
+                   "default: the model's recommendation, else no limit)")
+    p.add_argument("--overlap", type=int, default=1, help="paragraphs of context before each chunk")
+    p.add_argument("--concurrency", type=int, default=8, help="requests in flight at once")
+    p.add_argument("--files-in-flight", type=int, default=4, help="documents worked on at once")
+    p.add_argument("--retries", type=int, default=2, help="retries of a rejected answer, with adjusted sampling")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
+    p.add_argument("--max-model-len", type=int, help="context length, only if the server does not report it")
+    p.add_argument("--reference", type=Path, help="reference translations (file or folder) for chrF")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from labs.translate.quality import chrf_table
+    from labs.translate.run import run_job
+
+    args = parse_args(argv)
+    auto_or = lambda value: "auto" if value is None else (value or None)  # noqa: E731  (0 means no limit)
+    config = TranslateConfig(out_dir=args.out, max_chunk_tokens=auto_or(args.chunk_tokens),
+                             max_chunk_paragraphs=auto_or(args.chunk_paragraphs), overlap=args.overlap,
+                             concurrency=args.concurrency, max_files_in_flight=args.files_in_flight,
+                             retry=RetryPolicy(max_content_retries=args.retries, timeout_s=args.timeout),
+                             progress=not args.no_progress)
+    job = run_job(args.inputs, config, base_url=args.base_url, model=args.model, preface_file=args.preface_file,
+                  glossary_file=args.glossary, examples_file=args.examples, encoding=args.encoding,
+                  max_model_len=args.max_model_len)
+    print(job.summary().to_string(index=False))
+    if args.reference:
+        print(chrf_table(job, args.reference).to_string(index=False))
+    if not job.ok:
+        print("Some documents are incomplete (see above and their logs); rerun the same command to resume.",
+              file=sys.stderr)
+    return 0 if job.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

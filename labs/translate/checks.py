@@ -1,0 +1,76 @@
+"""Is a chunk's answer a usable translation? The checks behind "retry with adjusted sampling".
+
+Each check names a failure a real model produces in long jobs: an empty answer, a loop that
+repeats a phrase until `max_tokens`, Japanese copied through untranslated, the source echoed,
+paragraphs merged or dropped (the [n] markers), or a reply cut off by the length limit.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from labs.translate.prompt import OutputFormatError, parse_numbered
+
+_KANA = re.compile(r"[\u3040-\u309f\u30a0-\u30ff\uff66-\uff9f]")  # hiragana, katakana, half-width katakana
+_LOOP = re.compile(r"(.{2,40}?)\1{4,}", re.DOTALL)  # a 2-40 char unit repeated 5+ times in a row
+MAX_KANA_SHARE = 0.1  # Chinese has no kana; a few may survive in names (ソニー) or quoted titles
+MAX_LENGTH_RATIO = 4.0  # Chinese output is rarely longer than its Japanese source in characters
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of checking one answer.
+
+    Attributes:
+        translations: one per source segment (empty when the format could not be parsed).
+        problems: why the answer is not acceptable; empty means it is.
+    """
+
+    translations: tuple[str, ...]
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def kana_share(text: str) -> float:
+    chars = [c for c in text if not c.isspace()]
+    return sum(bool(_KANA.match(c)) for c in chars) / len(chars) if chars else 0.0
+
+
+def paragraph_problems(source: str, translation: str) -> list[str]:
+    """What is wrong with one paragraph's translation (empty list: nothing detected)."""
+    if not translation.strip():
+        return ["empty translation"]
+    problems = []
+    if _LOOP.search(translation):
+        problems.append("repetition loop")
+    if kana_share(translation) > MAX_KANA_SHARE:
+        problems.append(f"Japanese left untranslated ({kana_share(translation):.0%} kana)")
+    if len(source) >= 8 and source in translation:
+        problems.append("source echoed")
+    if len(translation) > MAX_LENGTH_RATIO * len(source) + 20:
+        problems.append(f"too long ({len(translation)} chars for {len(source)})")
+    return problems
+
+
+def check_answer(text: str, sources: list[str], finish_reason: str | None) -> Verdict:
+    """Check a chunk's raw answer against its source segments.
+
+    Args:
+        text: the model's reply (reasoning blocks are dropped before parsing).
+        sources: the segments that were sent, in order.
+        finish_reason: the API's finish reason; "length" means the reply was cut off.
+    """
+    problems: list[str] = []
+    if finish_reason == "length":
+        problems.append("cut off at max_tokens (finish_reason=length)")
+    try:
+        translations = parse_numbered(text, len(sources))
+    except OutputFormatError as exc:
+        return Verdict((), tuple(problems + [f"paragraph markers: {exc}"]))
+    for number, (source, translation) in enumerate(zip(sources, translations), start=1):
+        problems += [f"[{number}] {p}" for p in paragraph_problems(source, translation)]
+    return Verdict(tuple(translations), tuple(problems))

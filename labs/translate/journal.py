@@ -1,0 +1,94 @@
+"""Resume: finished chunks are journaled as they finish, outputs are written atomically.
+
+The journal of a document is a JSON-lines file: a header naming the plan (a hash of the source,
+the chunking, the prompt, the model and the sampling settings), then one line per finished
+chunk. Each line goes out in ONE `write` to a file opened with O_APPEND and is fsync'ed, so a
+SIGKILL leaves either the whole line or (at worst) a torn last line, which `load` ignores. A
+rerun with the same plan skips every journaled chunk; a rerun with a different plan (other
+settings, edited source) starts the document over instead of mixing two plans' outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    """A finished chunk, as journaled.
+
+    Attributes:
+        chunk_index: which chunk of the plan.
+        translations: one per segment of the chunk.
+        num_prompt_tokens / num_output_tokens: from the server's usage.
+        latency_s / ttft_s: end-to-end latency and time to first token of the accepted attempt.
+        num_attempts: 1 + the retries it took.
+        problems: what the rejected attempts had wrong (for the log).
+    """
+
+    chunk_index: int
+    translations: list[str]
+    num_prompt_tokens: int
+    num_output_tokens: int
+    latency_s: float
+    ttft_s: float
+    num_attempts: int
+    problems: list[str]
+
+
+class Journal:
+    """One document's journal file (see the module docstring)."""
+
+    def __init__(self, path: Path, plan_id: str) -> None:
+        self.path = path
+        self.plan_id = plan_id
+
+    def load(self) -> dict[int, ChunkRecord]:
+        """The chunks already finished under this plan (empty when the plan changed or none are)."""
+        if not self.path.exists():
+            return {}
+        records: dict[int, ChunkRecord] = {}
+        with self.path.open(encoding="utf-8") as f:
+            lines = f.read().split("\n")
+        try:
+            header = json.loads(lines[0])
+        except (json.JSONDecodeError, IndexError):
+            return {}
+        if header.get("plan_id") != self.plan_id:
+            return {}
+        for line in lines[1:]:
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn last line from a killed run: that chunk is simply redone
+            records[data["chunk_index"]] = ChunkRecord(**data)
+        return records
+
+    def start(self, reset: bool) -> None:
+        """Write the header (fresh journal) unless resuming an existing one under the same plan."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if reset or not self.path.exists():
+            atomic_write_text(self.path, json.dumps({"plan_id": self.plan_id}) + "\n")
+
+    def append(self, record: ChunkRecord) -> None:
+        line = (json.dumps(asdict(record), ensure_ascii=False) + "\n").encode("utf-8")
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so `path` is always either old or complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,256 @@
+"""The translation job: plan every document, translate its chunks concurrently, resume, write.
+
+    job = run_job([Path("docs/")], TranslateConfig(out_dir=Path("runs/translate")))
+
+Per document: read and split it (labs.translate.source), plan chunks from the server's context
+(labs.translate.chunking), skip what the journal says is done (labs.translate.journal), send the
+rest through one bounded pool of requests shared by all documents (labs.translate.request), and
+write the outputs once every chunk is in (labs.translate.outputs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from labs.serve.config import REPO_ROOT
+from labs.translate.chunking import ChunkBudget, Chunk, Segment, make_segments, plan_chunks, source_budget
+from labs.translate.endpoint import Endpoint, TokenCounter
+from labs.translate.journal import ChunkRecord, Journal
+from labs.translate.outputs import DocumentLog, OutputPaths, write_outputs
+from labs.translate.prompt import PromptTemplate
+from labs.translate.request import Attempt, ChunkFailedError, RetryPolicy, max_tokens_for, translate_chunk
+from labs.translate.source import SourceDocument
+
+DEFAULT_OUT_DIR = REPO_ROOT / "runs" / "translate"  # git-ignored
+FORMAT_VERSION = 1  # part of every plan id: bump when the prompt or output format changes
+
+
+@dataclass(frozen=True)
+class TranslateConfig:
+    """Knobs of a translation job, each with the reason for its default.
+
+    Attributes:
+        out_dir: outputs, logs and journals (git-ignored by default).
+        max_chunk_tokens: source tokens per chunk at most: ~1k keeps each answer short enough to
+            stay faithful and leaves many chunks to run concurrently; None: as large as fits;
+            "auto": the model's own recommendation if its folder has one (see
+            `recommended_chunking`), else 1024.
+        max_chunk_paragraphs: paragraphs per chunk at most (None: tokens decide alone; "auto": the
+            model's recommendation, else None).
+        overlap: paragraphs of context before each chunk, so pronouns and terms carry over.
+        output_ratio: output tokens reserved per source token (JA->ZH needs fewer; 1.5 is safe).
+        concurrency: requests in flight at once, over all documents: vLLM batches them, which
+            is where the throughput comes from.
+        max_files_in_flight: documents open at once (bounds open logs and progress bars).
+        temperature: 0 = greedy: reproducible, and what makes a resumed run equal a clean one.
+        retry: bounds on retries (see labs.translate.request).
+        progress: show tqdm bars (overall + per file).
+    """
+
+    out_dir: Path = DEFAULT_OUT_DIR
+    max_chunk_tokens: int | None | str = "auto"
+    max_chunk_paragraphs: int | None | str = "auto"
+    overlap: int = 1
+    output_ratio: float = 1.5
+    concurrency: int = 8
+    max_files_in_flight: int = 4
+    temperature: float = 0.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class DocumentPlan:
+    doc: SourceDocument
+    template: PromptTemplate
+    num_shared_tokens: int
+    budget: ChunkBudget
+    segments: list[Segment]
+    chunks: list[Chunk]
+    plan_id: str
+    max_paragraphs: int | None = None
+
+    def messages(self, chunk: Chunk) -> list[dict[str, str]]:
+        context = [s.text for s in self.segments[chunk.context_start:chunk.start]]
+        return self.template.chunk_messages([s.text for s in self.segments[chunk.start:chunk.end]], context)
+
+    def label(self, chunk: Chunk) -> str:
+        first, last = self.segments[chunk.start].paragraph_index + 1, self.segments[chunk.end - 1].paragraph_index + 1
+        return f"paragraph {first}" if first == last else f"paragraphs {first}-{last}"
+
+
+DEFAULT_CHUNK_TOKENS = 1024
+
+
+def recommended_chunking(model_dir: str | None) -> tuple[int, int | None]:
+    """(max chunk tokens, max chunk paragraphs) the served model was made for, else the defaults.
+
+    Why: the workbook's `tiny-phrasebook` learned the capstone's format on one short paragraph
+    per request (with overlap context) and records that in its `build_info.json`
+    (`capstone.max_chunk_paragraphs`); a real instruct model records nothing and gets chunks of
+    up to `DEFAULT_CHUNK_TOKENS`. Only a server that loaded a local folder can be asked.
+
+    Args:
+        model_dir: the model's folder (a server's `root` in /v1/models), or None.
+    """
+    info = Path(model_dir or "", "build_info.json")
+    recorded = json.loads(info.read_text()).get("capstone", {}) if model_dir and info.is_file() else {}
+    return int(recorded.get("max_chunk_tokens") or DEFAULT_CHUNK_TOKENS), recorded.get("max_chunk_paragraphs")
+
+
+def make_plan(doc: SourceDocument, template: PromptTemplate, counter: TokenCounter, endpoint: Endpoint,
+              config: TranslateConfig) -> DocumentPlan:
+    """Chunks for `doc`, and the id that ties a journal to exactly this plan."""
+    template = template.for_document(doc.text)
+    auto_tokens, auto_paragraphs = recommended_chunking(endpoint.root)
+    max_chunk_tokens = auto_tokens if config.max_chunk_tokens == "auto" else config.max_chunk_tokens
+    max_paragraphs = auto_paragraphs if config.max_chunk_paragraphs == "auto" else config.max_chunk_paragraphs
+    num_shared = counter.count_messages(template.shared_messages())
+    budget = source_budget(endpoint.max_model_len, num_shared, counter.count_text(doc.text),
+                           max_chunk_tokens=max_chunk_tokens, output_ratio=config.output_ratio,
+                           overlap=config.overlap,
+                           whole_document_allowed=max_paragraphs is None or len(doc.paragraphs) <= max_paragraphs)
+    segments = make_segments(doc.paragraphs, counter.count_text, budget.max_source_tokens)
+    chunks = plan_chunks(segments, budget, config.overlap, max_paragraphs)
+    identity = {"format": FORMAT_VERSION, "model": endpoint.model, "temperature": config.temperature,
+                "retries": config.retry.max_content_retries, "shared": template.shared_messages(),
+                "segments": [(s.paragraph_index, s.text) for s in segments],
+                "chunks": [(c.start, c.end, c.context_start) for c in chunks]}
+    plan_id = hashlib.sha256(json.dumps(identity, ensure_ascii=False).encode()).hexdigest()[:16]
+    return DocumentPlan(doc, template, num_shared, budget, segments, chunks, plan_id, max_paragraphs)
+
+
+@dataclass
+class DocumentResult:
+    """How one document went.
+
+    Attributes:
+        status: "translated", "already done" (every chunk journaled before this run), or "failed".
+        num_chunks_resumed: chunks taken from the journal instead of the server.
+        attempts: every request this run sent for the document (for timings and plots).
+    """
+
+    name: str
+    source: Path
+    status: str
+    num_chunks: int = 0
+    num_chunks_resumed: int = 0
+    error: str = ""
+    paths: OutputPaths | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+
+
+def assemble(plan: DocumentPlan, records: dict[int, ChunkRecord]) -> list[str]:
+    """One translation per source paragraph: the segments of a split paragraph are rejoined."""
+    by_paragraph: list[list[str]] = [[] for _ in plan.doc.paragraphs]
+    for chunk in plan.chunks:
+        for segment, text in zip(plan.segments[chunk.start:chunk.end], records[chunk.index].translations):
+            by_paragraph[segment.paragraph_index].append(text)
+    return ["".join(parts) for parts in by_paragraph]
+
+
+class Job:
+    """Shared state of one run: the server, the request pool, the progress bars."""
+
+    def __init__(self, endpoint: Endpoint, counter: TokenCounter, config: TranslateConfig, total_chunks: int,
+                 done_chunks: int) -> None:
+        import openai
+        from tqdm.auto import tqdm
+
+        self.endpoint, self.counter, self.config = endpoint, counter, config
+        self.client = openai.AsyncOpenAI(base_url=f"{endpoint.base_url}/v1", api_key=endpoint.api_key or "EMPTY",
+                                         max_retries=0)  # retries are ours (labs.translate.request)
+        self.requests = asyncio.Semaphore(config.concurrency)
+        self.files = asyncio.Semaphore(config.max_files_in_flight)
+        self.overall = tqdm(total=total_chunks, initial=done_chunks, desc="all chunks", unit="chunk",
+                            disable=not config.progress, position=0)
+        self.tqdm = tqdm
+
+    async def chunk(self, plan: DocumentPlan, chunk: Chunk, journal: Journal, log: DocumentLog,
+                    result: DocumentResult, bar: Any) -> None:
+        messages = plan.messages(chunk)
+        sources = [s.text for s in plan.segments[chunk.start:chunk.end]]
+        num_source_tokens = sum(s.num_tokens for s in plan.segments[chunk.start:chunk.end])
+        max_tokens = max_tokens_for(self.endpoint.max_model_len, self.counter.count_messages(messages),
+                                    num_source_tokens)
+        async with self.requests:
+            try:
+                accepted, attempts = await translate_chunk(self.client, self.endpoint.model, messages, sources,
+                                                           max_tokens, self.config.temperature, self.config.retry)
+            except ChunkFailedError as exc:
+                result.attempts += exc.attempts
+                log.failed_chunk(chunk.index + 1, len(plan.chunks), plan.label(chunk), sources, exc.attempts, str(exc))
+                raise
+        result.attempts += attempts
+        record = ChunkRecord(chunk.index, list(accepted.verdict.translations), accepted.num_prompt_tokens,
+                             accepted.num_output_tokens, round(accepted.latency, 4), round(accepted.ttft, 4),
+                             len(attempts), [", ".join(a.verdict.problems) for a in attempts[:-1]])
+        journal.append(record)  # journaled before anything else: from here on it survives a kill
+        context = [s.text for s in plan.segments[chunk.context_start:chunk.start]]
+        log.chunk(chunk.index + 1, len(plan.chunks), plan.label(chunk), context, sources, record, max_tokens)
+        bar.update()
+        self.overall.update()
+
+    async def document(self, plan: DocumentPlan, result: DocumentResult) -> DocumentResult:
+        async with self.files:
+            paths = result.paths
+            journal = Journal(paths.journal, plan.plan_id)
+            records = journal.load()
+            result.num_chunks_resumed = len(records)
+            journal.start(reset=not records)
+            log = DocumentLog(paths.log)
+            self.tqdm.write(f"{plan.doc.name}: log {paths.log}")
+            log.run_header(run_lines(plan, self.endpoint, self.counter, len(records)),
+                           plan.template.shared_messages(), plan.num_shared_tokens)
+            todo = [c for c in plan.chunks if c.index not in records]
+            bar = self.tqdm(total=len(plan.chunks), initial=len(records), desc=plan.doc.name[:24], unit="chunk",
+                            leave=False, disable=not self.config.progress)
+            outcomes = await asyncio.gather(*(self.chunk(plan, c, journal, log, result, bar) for c in todo),
+                                            return_exceptions=True)  # one failure must not cancel the others
+            bar.close()
+            failures = [o for o in outcomes if isinstance(o, BaseException)]
+            if failures:
+                result.status, result.error = "failed", f"{len(failures)} chunk(s) failed: {failures[0]}"
+                log.write(f"=== incomplete: {result.error}; finished chunks are journaled, rerun to retry ===")
+                return result
+            write_outputs(paths, plan.doc.path.name, list(plan.doc.paragraphs), assemble(plan, journal.load()))
+            log.write(f"=== done: {paths.translation} ===")
+            result.status = "translated"
+            return result
+
+
+def run_lines(plan: DocumentPlan, endpoint: Endpoint, counter: TokenCounter, num_resumed: int) -> list[str]:
+    b = plan.budget
+    mode = ("whole document in one request" if b.whole_document else
+            f"{len(plan.chunks)} chunks of <= {b.max_source_tokens} source tokens"
+            f"{f' and <= {plan.max_paragraphs} paragraphs' if plan.max_paragraphs else ''}, "
+            f"overlap context <= {b.max_context_tokens} tokens")
+    return [f"source: {plan.doc.path} ({plan.doc.encoding}), {len(plan.doc.paragraphs)} paragraphs",
+            f"server: {endpoint.base_url}  model: {endpoint.model}  max_model_len: {endpoint.max_model_len} "
+            f"(from /v1/models)  token counts: {counter.source}",
+            f"plan {plan.plan_id}: {mode}; glossary terms in this document: {len(plan.template.glossary)}",
+            f"resumed: {num_resumed} of {len(plan.chunks)} chunks already journaled"]
+
+
+async def translate_plans(plans: list[DocumentPlan], results: list[DocumentResult], endpoint: Endpoint,
+                          counter: TokenCounter, config: TranslateConfig) -> None:
+    done = sum(len(Journal(r.paths.journal, p.plan_id).load()) for p, r in zip(plans, results))
+    job = Job(endpoint, counter, config, sum(len(p.chunks) for p in plans), done)
+    try:
+        await asyncio.gather(*(job.document(p, r) for p, r in zip(plans, results)))
+    finally:
+        job.overall.close()
+        await job.client.close()
+
+
+def is_finished(plan: DocumentPlan, paths: OutputPaths) -> bool:
+    """Every chunk journaled under this plan and both outputs written: nothing to do."""
+    records = Journal(paths.journal, plan.plan_id).load()
+    return len(records) == len(plan.chunks) and paths.translation.exists() and paths.bilingual.exists()
+
+

@@ -1,0 +1,195 @@
+"""The capstone's parts that need no server: input decoding, paragraphs, chunk plans, prompt, checks, journal."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from labs.translate.checks import check_answer, paragraph_problems
+from labs.translate.chunking import ContextTooSmallError, make_segments, plan_chunks, source_budget
+from labs.translate.journal import ChunkRecord, Journal
+from labs.translate.prompt import OutputFormatError, PromptTemplate, parse_numbered, strip_reasoning
+from labs.translate.source import InputError, find_inputs, output_names, read_document, split_paragraphs
+
+JA = "推論エンジンはキャッシュを使って処理を速くします。\n\nサーバーを再起動しました。\n"
+
+
+# --- reading input ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("encoding", ["cp932", "euc_jp", "shift_jis"])
+def test_legacy_japanese_encodings_are_detected_not_garbled(tmp_path: Path, encoding: str) -> None:
+    path = tmp_path / "doc.txt"
+    path.write_bytes(JA.encode(encoding))
+    doc = read_document(path)
+    assert doc.paragraphs == ("推論エンジンはキャッシュを使って処理を速くします。", "サーバーを再起動しました。")
+    assert doc.encoding in ("cp932", "euc_jp")
+
+
+def test_utf8_with_bom_and_crlf(tmp_path: Path) -> None:
+    path = tmp_path / "doc.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + JA.replace("\n", "\r\n").encode())
+    doc = read_document(path)
+    assert doc.encoding == "utf-8" and doc.paragraphs[0].startswith("推論")
+
+
+def test_undecodable_file_says_so_and_how_to_fix(tmp_path: Path) -> None:
+    path = tmp_path / "binary.txt"
+    path.write_bytes(bytes(range(128, 256)) * 4)
+    with pytest.raises(InputError, match=r"not UTF-8.*--encoding"):
+        read_document(path)
+
+
+def test_forced_wrong_encoding_fails_loudly(tmp_path: Path) -> None:
+    path = tmp_path / "doc.txt"
+    path.write_bytes(JA.encode("cp932"))
+    with pytest.raises(InputError, match="cannot be read as utf-8"):
+        read_document(path, encoding="utf-8")
+
+
+def test_empty_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "empty.txt"
+    path.write_text(" \n\n  \n", encoding="utf-8")
+    with pytest.raises(InputError, match="empty"):
+        read_document(path)
+
+
+def test_paragraph_conventions() -> None:
+    # blank-line separated: wrapped lines are joined without a space (Japanese has none)
+    assert split_paragraphs("一行目の\n続き。\n\n二段落目。") == ("一行目の続き。", "二段落目。")
+    # no blank lines at all: one paragraph per line
+    assert split_paragraphs("一。\n二。\n三。") == ("一。", "二。", "三。")
+
+
+def test_find_inputs_and_unique_names(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for folder in ("a", "b"):
+        (tmp_path / folder / "doc.txt").write_text("一。", encoding="utf-8")
+    (tmp_path / "a" / "notes.bin").write_bytes(b"\0")
+    files = find_inputs([tmp_path])
+    assert [f.name for f in files] == ["doc.txt", "doc.txt"]
+    assert output_names(files) == ["a_doc", "b_doc"]
+    with pytest.raises(InputError, match="no such file"):
+        find_inputs([tmp_path / "missing.txt"])
+
+
+# --- prompt and parsing -------------------------------------------------------------------------
+
+def test_shared_prefix_is_identical_for_every_chunk() -> None:
+    template = PromptTemplate.load().for_document(JA)
+    first = template.chunk_messages(["一。", "二。"])
+    second = template.chunk_messages(["三。"], context=["二。"])
+    shared = template.shared_messages()
+    assert first[:len(shared)] == second[:len(shared)] == shared
+    assert "推論エンジン = 推理引擎" in shared[0]["content"]
+    assert "パスポート" not in shared[0]["content"], "only the document's own glossary terms are injected"
+
+
+def test_parse_numbered() -> None:
+    assert parse_numbered("<think>hmm</think>\n[1] 一。\n[2] 二。", 2) == ["一。", "二。"]
+    assert parse_numbered("只有一段。", 1) == ["只有一段。"]
+    with pytest.raises(OutputFormatError, match=r"\[1\]..\[3\]"):
+        parse_numbered("[1] 一。\n[3] 三。", 3)
+    with pytest.raises(OutputFormatError, match="before"):
+        parse_numbered("Sure! Here it is:\n[1] 一。\n[2] 二。", 2)
+    assert strip_reasoning("<think>unfinished") == ""
+
+
+def test_checks_catch_what_models_do_wrong() -> None:
+    assert paragraph_problems("サーバーを再起動しました。", "服务器已经重启了。") == []
+    assert paragraph_problems("サーバーを再起動しました。", "") == ["empty translation"]
+    assert "repetition loop" in paragraph_problems("再起動しました。", "重启了重启了重启了重启了重启了重启了")
+    assert any("untranslated" in p for p in paragraph_problems("再起動しました。", "サーバーを再起動しました"))
+    assert any("echoed" in p for p in paragraph_problems("サーバーを再起動しました。", "サーバーを再起動しました。服务器已经重启了。"))
+    verdict = check_answer("[1] 服务器已经重启了。", ["サーバーを再起動しました。"], "length")
+    assert not verdict.ok and "cut off" in verdict.problems[0]
+    assert check_answer("[1] 一。\n[2] 二。", ["一。", "二。"], "stop").ok
+
+
+# --- chunk planning -----------------------------------------------------------------------------
+
+def test_whole_document_when_it_fits_else_chunks_within_budget() -> None:
+    whole = source_budget(2048, 200, 300, max_chunk_tokens=1024, output_ratio=1.5, overlap=1)
+    assert whole.whole_document
+    budget = source_budget(2048, 200, 5000, max_chunk_tokens=None, output_ratio=1.5, overlap=1)
+    assert not budget.whole_document
+    # prompt + context + source + reserved output must fit in the context
+    assert 200 + 16 + budget.max_context_tokens + budget.max_source_tokens * 2.5 <= 2048
+    with pytest.raises(ContextTooSmallError, match="too small"):
+        source_budget(256, 250, 5000, max_chunk_tokens=None, output_ratio=1.5, overlap=1)
+
+
+def test_plan_covers_every_paragraph_once_with_overlap_context() -> None:
+    paragraphs = tuple(f"段落{i}。" * (1 + i % 3) for i in range(12))
+    count = len  # one token per character is enough to test the packing
+    budget = source_budget(200, 60, sum(map(count, paragraphs)), max_chunk_tokens=15, output_ratio=1.5, overlap=1)
+    segments = make_segments(paragraphs, count, budget.max_source_tokens)
+    chunks = plan_chunks(segments, budget, overlap=1)
+    assert len(chunks) > 1
+    covered = [i for c in chunks for i in range(c.start, c.end)]
+    assert covered == list(range(len(segments))), "each segment translated exactly once, in order"
+    for chunk in chunks:
+        assert sum(s.num_tokens for s in segments[chunk.start:chunk.end]) <= budget.max_source_tokens or chunk.end - chunk.start == 1
+        assert chunk.context_start == max(0, chunk.start - 1) or segments[chunk.start - 1].num_tokens > budget.max_context_tokens
+
+
+def test_overlong_paragraph_is_cut_at_sentence_ends() -> None:
+    paragraph = "一文目です。二文目です！三文目ですか？"
+    segments = make_segments((paragraph,), len, max_tokens=8)
+    assert [s.text for s in segments] == ["一文目です。", "二文目です！", "三文目ですか？"]
+    assert {s.paragraph_index for s in segments} == {0}
+
+
+# --- journal ------------------------------------------------------------------------------------
+
+def test_journal_survives_a_torn_last_line_and_rejects_another_plan(tmp_path: Path) -> None:
+    path = tmp_path / "doc.jsonl"
+    journal = Journal(path, "plan-a")
+    journal.start(reset=True)
+    journal.append(ChunkRecord(0, ["一。"], 10, 3, 0.1, 0.05, 1, []))
+    journal.append(ChunkRecord(1, ["二。"], 10, 3, 0.1, 0.05, 2, ["[1] empty translation"]))
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps({"chunk_index": 2})[:9])  # what a SIGKILL mid-write could leave
+    assert sorted(Journal(path, "plan-a").load()) == [0, 1]
+    assert Journal(path, "plan-b").load() == {}, "a journal of another plan must not be reused"
+
+
+def test_paragraph_limit_and_the_models_recommendation(tmp_path: Path) -> None:
+    from labs.translate.pipeline import DEFAULT_CHUNK_TOKENS, recommended_chunking
+
+    paragraphs = tuple(f"段落{i}。" for i in range(5))
+    budget = source_budget(2048, 200, 30, max_chunk_tokens=1024, output_ratio=1.5, overlap=1,
+                           whole_document_allowed=False)
+    assert not budget.whole_document and budget.max_context_tokens > 0
+    chunks = plan_chunks(make_segments(paragraphs, len, budget.max_source_tokens), budget, overlap=1, max_paragraphs=1)
+    assert [(c.start, c.end, c.context_start) for c in chunks] == [(0, 1, 0), (1, 2, 0), (2, 3, 1), (3, 4, 2), (4, 5, 3)]
+    (tmp_path / "build_info.json").write_text(json.dumps({"capstone": {"max_chunk_paragraphs": 1}}))
+    assert recommended_chunking(str(tmp_path)) == (DEFAULT_CHUNK_TOKENS, 1)
+    assert recommended_chunking(None) == (DEFAULT_CHUNK_TOKENS, None), "a model that records nothing"
+
+
+def test_token_counts_per_file_for_planning(tmp_path: Path, model_path: Path) -> None:
+    """`python -m labs.tokens`: counts with the model's tokenizer, offline, and the chunk plan it implies."""
+    import subprocess
+    import sys
+
+    from transformers import AutoTokenizer
+
+    from labs.tokens import count_tokens
+    from labs.translate.samples import sample_paragraphs, write_samples
+
+    paths = write_samples(tmp_path, ["inference_notes", "travel_diary"])
+    (tmp_path / "sjis.txt").write_bytes(paths[0].read_text(encoding="utf-8").encode("shift_jis"))
+    table = count_tokens([tmp_path], "tiny-phrasebook").set_index("file")
+    tok = AutoTokenizer.from_pretrained(model_path)
+    ja, _ = sample_paragraphs("inference_notes")
+    row = table.loc[str(paths[0])]
+    assert row["tokens"] == len(tok("\n\n".join(ja), add_special_tokens=False)["input_ids"])
+    assert row["paragraphs"] == len(ja) and row["chunks"] >= 1
+    assert table.loc[str(tmp_path / "sjis.txt"), "encoding"] == "cp932"
+    assert table.loc[str(tmp_path / "sjis.txt"), "tokens"] == row["tokens"], "same text, whatever its encoding"
+    out = subprocess.run([sys.executable, "-m", "labs.tokens", str(tmp_path), "-m", "tiny-phrasebook"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "inference_notes.txt" in out and f"total: {int(table['tokens'].sum())} tokens in 3 files" in out
