@@ -101,6 +101,10 @@ def test_checks_catch_what_models_do_wrong() -> None:
     assert paragraph_problems("サーバーを再起動しました。", "服务器已经重启了。") == []
     assert paragraph_problems("サーバーを再起動しました。", "") == ["empty translation"]
     assert "repetition loop" in paragraph_problems("再起動しました。", "重启了重启了重启了重启了重启了重启了")
+    # what tiny-phrasebook once did: ran on past its translation and repeated the last clause
+    assert any("repeated phrase" in p for p in paragraph_problems("キャッシュに保存された結果を再利用します。",
+                                                                   "重复利用保存在缓存里的结果。缓存里的结果。"))
+    assert paragraph_problems("ありがとう、ありがとう。", "谢谢，谢谢。") == [], "short repeats are normal speech"
     assert any("untranslated" in p for p in paragraph_problems("再起動しました。", "サーバーを再起動しました"))
     assert any("echoed" in p for p in paragraph_problems("サーバーを再起動しました。", "サーバーを再起動しました。服务器已经重启了。"))
     verdict = check_answer("[1] 服务器已经重启了。", ["サーバーを再起動しました。"], "length")

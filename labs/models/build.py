@@ -30,7 +30,7 @@ from labs.models.tokenizer import train_tokenizer
 
 BUILD_VERSION = 3  # bump when the build's behaviour changes, so cached models are rebuilt
 MIN_PHRASEBOOK_ACCURACY = 0.95
-MIN_CAPSTONE_ACCURACY = 0.9  # held-out chunk requests in the capstone's format answered exactly
+MIN_CAPSTONE_ACCURACY = 0.95  # phrasebook sentences sent in the capstone's format, answered exactly
 
 
 @dataclass(frozen=True)
@@ -81,9 +81,11 @@ class CapstoneTrainConfig:
     # learns that lookup slowly), so the pipeline is told to send this model one paragraph at a time.
     paragraph_counts: tuple[int, ...] = (1,)
     max_chunk_paragraphs: int = 1  # recorded in build_info.json; the pipeline's "auto" chunking reads it
-    eval_every_steps: int = 300  # an evaluation (greedy generate of every held-out request) costs ~20 s
+    eval_every_steps: int = 500  # progress in the build log; an evaluation costs ~20 s
     num_eval_requests: int = 64
-    stop_accuracy: float = 1.0  # stop early once every held-out chunk comes back exactly
+    # No early stop: stopping at the first perfect score on 64 held-out requests (step 900) left
+    # 98.1% of the phrasebook right in this format, and the misses were sentences that ran on
+    # after their translation; the full schedule decays the learning rate and settles them.
 
 
 def _data_fingerprint() -> str:
@@ -170,6 +172,17 @@ def phrasebook_accuracy(model: Qwen2ForCausalLM, tok: PreTrainedTokenizerFast) -
     return sum(g == e.zh for g, e in zip(got, entries)) / len(entries)
 
 
+def _optimizer_step(model: Qwen2ForCausalLM, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
+                    loss: torch.Tensor) -> float:
+    """One update with gradient clipping (both phases); returns the loss."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    return loss.item()
+
+
 def _train(model: Qwen2ForCausalLM, tok: PreTrainedTokenizerFast, cfg: TrainConfig, log) -> dict:
     entries = load_phrasebook()
     examples = [encode_example(tok, e.ja, e.zh) for e in entries]
@@ -198,12 +211,7 @@ def _train(model: Qwen2ForCausalLM, tok: PreTrainedTokenizerFast, cfg: TrainConf
             mask = labels != -100
             logits = model.lm_head(hidden[mask])  # (num_answer_tokens, vocab): skip the prompt's logits
             loss = torch.nn.functional.cross_entropy(logits, labels[mask])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            epoch_loss += loss.item()
+            epoch_loss += _optimizer_step(model, opt, sched, loss)
         elapsed = time.monotonic() - start
         if (epoch >= cfg.first_eval_epoch and epoch % cfg.eval_every_epochs == 0) or epoch == cfg.max_epochs:
             model.eval()
@@ -239,20 +247,13 @@ def _train_capstone(model: Qwen2ForCausalLM, tok: PreTrainedTokenizerFast, cfg: 
             prefix, examples = capstone_format.capstone_batch(rng, tok, entries, template, cfg.batch_size,
                                                               cfg.paragraph_counts)
             loss = capstone_format.answer_loss(model, tok.pad_token_id, prefix, [(e.suffix, e.answer) for e in examples])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        total += loss.item()
+        total += _optimizer_step(model, opt, sched, loss)
         if step % cfg.eval_every_steps == 0 or step == cfg.steps:
             accuracy = capstone_format.capstone_accuracy(model, tok, held_out)
             log(f"  capstone step {step:4d}  loss {total / cfg.eval_every_steps:.4f}  "
                 f"held-out chunks exact {accuracy:.1%}  ({time.monotonic() - start:.0f}s)")
             total = 0.0
-            if accuracy >= cfg.stop_accuracy:
-                break
-    return {"steps": step, "train_seconds": round(time.monotonic() - start, 1), "held_out_accuracy": accuracy}
+    return {"train_seconds": round(time.monotonic() - start, 1), "held_out_accuracy": accuracy}
 
 
 def build_model(name: str, out_root: Path = WORKBOOK_MODELS_DIR, force: bool = False, log=print) -> Path:
@@ -296,13 +297,13 @@ def build_model(name: str, out_root: Path = WORKBOOK_MODELS_DIR, force: bool = F
                 f"tiny-phrasebook reached only {accuracy:.1%} exact phrasebook translations "
                 f"(target {MIN_PHRASEBOOK_ACCURACY:.0%}); the model was not saved.")
     if capstone_cfg is not None:
-        held_out = capstone_format.held_out_requests(capstone_cfg.paragraph_counts, capstone_cfg.num_eval_requests)
-        info["capstone"]["held_out_accuracy"] = accuracy = capstone_format.capstone_accuracy(model, tok, held_out)
-        log(f"  capstone-format chunks exact after rounding to bfloat16: {accuracy:.1%}")
+        every_entry = capstone_format.held_out_requests(capstone_cfg.paragraph_counts)
+        info["capstone"]["phrasebook_accuracy"] = accuracy = capstone_format.capstone_accuracy(model, tok, every_entry)
+        log(f"  phrasebook exact in the capstone's format after rounding to bfloat16: {accuracy:.1%}")
         if accuracy < MIN_CAPSTONE_ACCURACY:
             raise RuntimeError(
-                f"tiny-phrasebook answered only {accuracy:.1%} of held-out capstone chunks exactly "
-                f"(target {MIN_CAPSTONE_ACCURACY:.0%}); the model was not saved.")
+                f"tiny-phrasebook translated only {accuracy:.1%} of the phrasebook exactly in the capstone's "
+                f"prompt format (target {MIN_CAPSTONE_ACCURACY:.0%}); the model was not saved.")
     model = model.to(torch.bfloat16)
     _save(model, tok, out_dir, info)
     log(f"{name}: done ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)")

@@ -42,12 +42,17 @@ def prefix_variant(rng: random.Random, entries: list[PhrasebookEntry], template:
 
 
 def chunk_request(rng: random.Random, entries: list[PhrasebookEntry], template: PromptTemplate,
-                  paragraph_counts: tuple[int, ...]) -> tuple[list[dict[str, str]], str]:
-    """(chat messages of one chunk, the expected numbered answer)."""
+                  paragraph_counts: tuple[int, ...], two_sentence_share: float = 0.15) -> tuple[list[dict[str, str]], str]:
+    """(chat messages of one chunk, the expected numbered answer).
+
+    Args:
+        two_sentence_share: how often a paragraph is two random phrasebook sentences run together
+            (training variety: the model should not rely on a paragraph being one sentence).
+    """
     ja: list[str] = []
     zh: list[str] = []
     for _ in range(rng.choice(paragraph_counts)):
-        if rng.random() < 0.15:  # a two-sentence paragraph
+        if rng.random() < two_sentence_share:
             a, b = rng.sample(entries, 2)
             ja.append(a.ja + b.ja)
             zh.append(a.zh + b.zh)
@@ -100,12 +105,29 @@ def answer_loss(model, pad_id: int, prefix: list[int], examples: list[tuple[list
     return torch.nn.functional.cross_entropy(model.lm_head(hidden[mask]), labels[mask])
 
 
-def held_out_requests(paragraph_counts: tuple[int, ...], num_requests: int) -> list[tuple[list[dict[str, str]], str]]:
-    """Chunk requests from their own random stream (seed 12345), never the training stream's."""
+def held_out_requests(paragraph_counts: tuple[int, ...], num_requests: int | None = None
+                      ) -> list[tuple[list[dict[str, str]], str]]:
+    """Chunk requests of phrasebook sentences, as documents made of them are sent, each with a
+    random document's prefix and 0-2 paragraphs of context, from their own random stream.
+
+    Args:
+        paragraph_counts: paragraphs per chunk, drawn uniformly.
+        num_requests: how many; None: one per phrasebook entry, each entry first in its chunk
+            (every sentence is checked once in the capstone format).
+    """
     from labs.models.phrasebook import load_phrasebook
 
     rng, entries, template = random.Random(12345), load_phrasebook(), PromptTemplate.load()
-    return [chunk_request(rng, entries, prefix_variant(rng, entries, template), paragraph_counts)
+    if num_requests is None:
+        requests = []
+        for entry in entries:
+            variant = prefix_variant(rng, entries, template)
+            others = [rng.choice(entries) for _ in range(rng.choice(paragraph_counts) - 1)]
+            context = [rng.choice(entries).ja for _ in range(rng.choice((0, 1, 2)))]
+            requests.append((variant.chunk_messages([e.ja for e in [entry, *others]], context),
+                             number_paragraphs([e.zh for e in [entry, *others]])))
+        return requests
+    return [chunk_request(rng, entries, prefix_variant(rng, entries, template), paragraph_counts, 0.0)
             for _ in range(num_requests)]
 
 
