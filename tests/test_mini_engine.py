@@ -101,7 +101,10 @@ def test_seeded_sampling_is_reproducible_and_independent_of_the_batch(mini_llm: 
     in_batch = mini_llm.chat(phrasebook_messages[5:9], [SamplingParams(temperature=1.5, max_tokens=24)] * 2 + [params]
                              + [SamplingParams(temperature=1.5, max_tokens=24)], use_tqdm=False)
     assert in_batch[2].outputs[0].token_ids == alone.outputs[0].token_ids
-    other_seeds = {tuple(mini_llm.chat(phrasebook_messages[7], SamplingParams(temperature=1.5, max_tokens=24, seed=s),
+    # A prompt the model has never seen, so its next-token distributions are wide: on a memorised
+    # phrasebook prompt tiny-phrasebook is so sure of itself that five seeds may agree.
+    unseen = [{"role": "user", "content": "宇宙の果てには何がありますか。"}]
+    other_seeds = {tuple(mini_llm.chat(unseen, SamplingParams(temperature=1.5, max_tokens=24, seed=s),
                                        use_tqdm=False)[0].outputs[0].token_ids) for s in range(5)}
     assert len(other_seeds) > 1, "five seeds, one output: the seed is not used"
 
