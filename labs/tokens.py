@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from labs.errors import WorkbookError, run_main
-from labs.translate.pipeline import recommended_chunking
-from labs.translate.chunking import make_segments, plan_chunks, source_budget
+from labs.translate.endpoint import Endpoint, local_token_counter
+from labs.translate.pipeline import TranslateConfig, make_plan
 from labs.translate.prompt import PromptTemplate
 from labs.translate.source import InputError, find_inputs, read_document
 
@@ -45,6 +45,8 @@ def count_tokens(inputs: list[Path], model: str, max_model_len: int = 2048, max_
                  overlap: int = 1, encoding: str | None = None) -> pd.DataFrame:
     """One row per file: paragraphs, characters, tokens, and the chunks the pipeline would plan.
 
+    The plan is the pipeline's own (`make_plan`), for a server with this model and context.
+
     Args:
         inputs: files or folders (.txt/.md under folders).
         model: whose tokenizer counts.
@@ -54,11 +56,9 @@ def count_tokens(inputs: list[Path], model: str, max_model_len: int = 2048, max_
         encoding: force the input encoding.
     """
     folder = model_folder(model)
-    tok = load_tokenizer(folder)
-    auto_tokens, max_paragraphs = recommended_chunking(folder)
-    if max_chunk_tokens == "auto":
-        max_chunk_tokens = auto_tokens
-    count = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    counter = local_token_counter(load_tokenizer(folder), folder)
+    endpoint = Endpoint("(none: planned offline)", model, max_model_len, folder, None)
+    config = TranslateConfig(max_chunk_tokens=max_chunk_tokens, overlap=overlap)
     template = PromptTemplate.load()
     rows = []
     for path in find_inputs(inputs):
@@ -67,17 +67,11 @@ def count_tokens(inputs: list[Path], model: str, max_model_len: int = 2048, max_
         except InputError as exc:
             rows.append({"file": str(path), "error": str(exc)})
             continue
-        shared = template.for_document(doc.text).shared_messages()
-        num_shared = len(tok.apply_chat_template(shared, add_generation_prompt=True, return_dict=False))
-        num_tokens = count(doc.text)
-        budget = source_budget(max_model_len, num_shared, num_tokens, max_chunk_tokens=max_chunk_tokens,
-                               output_ratio=1.5, overlap=overlap,
-                               whole_document_allowed=max_paragraphs is None or len(doc.paragraphs) <= max_paragraphs)
-        chunks = plan_chunks(make_segments(doc.paragraphs, count, budget.max_source_tokens), budget, overlap,
-                             max_paragraphs)
+        plan = make_plan(doc, template, counter, endpoint, config)
+        num_tokens = counter.count_text(doc.text)
         rows.append({"file": str(path), "encoding": doc.encoding, "paragraphs": len(doc.paragraphs),
                      "chars": len(doc.text), "tokens": num_tokens, "tokens_per_char": round(num_tokens / len(doc.text), 2),
-                     "shared_prompt_tokens": num_shared, "chunks": len(chunks)})
+                     "shared_prompt_tokens": plan.num_shared_tokens, "chunks": len(plan.chunks)})
     return pd.DataFrame(rows)
 
 

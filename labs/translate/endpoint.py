@@ -117,6 +117,14 @@ class TokenCounter:
     source: str
 
 
+def local_token_counter(tok: Any, where: str) -> TokenCounter:
+    """A counter over a tokenizer loaded here (`where` names it in logs)."""
+    return TokenCounter(
+        lambda text: len(tok(text, add_special_tokens=False)["input_ids"]),
+        lambda messages: len(tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)),
+        f"local tokenizer of {where}")
+
+
 def token_counter(endpoint: Endpoint) -> TokenCounter:
     """The best available counter: the model folder's tokenizer if the server loaded a local
     folder (the same files, no network), else the server's `/tokenize` (vLLM), else an estimate.
@@ -127,11 +135,7 @@ def token_counter(endpoint: Endpoint) -> TokenCounter:
     if endpoint.root and Path(endpoint.root, "tokenizer_config.json").is_file():
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(endpoint.root)
-        return TokenCounter(
-            lambda text: len(tok(text, add_special_tokens=False)["input_ids"]),
-            lambda messages: len(tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)),
-            f"local tokenizer of {endpoint.root}")
+        return local_token_counter(AutoTokenizer.from_pretrained(endpoint.root), endpoint.root)
     try:
         _post(endpoint, "/tokenize", {"model": endpoint.model, "prompt": "テスト"})
     except (urllib.error.URLError, OSError, ValueError):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,7 @@ class DocumentPlan:
     chunks: list[Chunk]
     plan_id: str
     max_paragraphs: int | None = None
+    num_prompt_tokens: tuple[int, ...] = ()  # per chunk, counted while planning (not inside the request loop)
 
     def messages(self, chunk: Chunk) -> list[dict[str, str]]:
         context = [s.text for s in self.segments[chunk.context_start:chunk.start]]
@@ -122,7 +123,10 @@ def make_plan(doc: SourceDocument, template: PromptTemplate, counter: TokenCount
                 "segments": [(s.paragraph_index, s.text) for s in segments],
                 "chunks": [(c.start, c.end, c.context_start) for c in chunks]}
     plan_id = hashlib.sha256(json.dumps(identity, ensure_ascii=False).encode()).hexdigest()[:16]
-    return DocumentPlan(doc, template, num_shared, budget, segments, chunks, plan_id, max_paragraphs)
+    plan = DocumentPlan(doc, template, num_shared, budget, segments, chunks, plan_id, max_paragraphs)
+    # Counted here, once, because a counter may be a blocking HTTP call to /tokenize: inside the
+    # asyncio request loop it would stall every stream in flight.
+    return replace(plan, num_prompt_tokens=tuple(counter.count_messages(plan.messages(c)) for c in chunks))
 
 
 @dataclass
@@ -157,8 +161,7 @@ def assemble(plan: DocumentPlan, records: dict[int, ChunkRecord]) -> list[str]:
 class Job:
     """Shared state of one run: the server, the request pool, the progress bars."""
 
-    def __init__(self, endpoint: Endpoint, counter: TokenCounter, config: TranslateConfig, total_chunks: int,
-                 done_chunks: int) -> None:
+    def __init__(self, endpoint: Endpoint, counter: TokenCounter, config: TranslateConfig, total_chunks: int) -> None:
         import openai
         from tqdm.auto import tqdm
 
@@ -167,7 +170,7 @@ class Job:
                                          max_retries=0)  # retries are ours (labs.translate.request)
         self.requests = asyncio.Semaphore(config.concurrency)
         self.files = asyncio.Semaphore(config.max_files_in_flight)
-        self.overall = tqdm(total=total_chunks, initial=done_chunks, desc="all chunks", unit="chunk",
+        self.overall = tqdm(total=total_chunks, desc="all chunks", unit="chunk",
                             disable=not config.progress, position=0)
         self.tqdm = tqdm
 
@@ -176,7 +179,7 @@ class Job:
         messages = plan.messages(chunk)
         sources = [s.text for s in plan.segments[chunk.start:chunk.end]]
         num_source_tokens = sum(s.num_tokens for s in plan.segments[chunk.start:chunk.end])
-        max_tokens = max_tokens_for(self.endpoint.max_model_len, self.counter.count_messages(messages),
+        max_tokens = max_tokens_for(self.endpoint.max_model_len, plan.num_prompt_tokens[chunk.index],
                                     num_source_tokens)
         async with self.requests:
             try:
@@ -202,6 +205,7 @@ class Job:
             journal = Journal(paths.journal, plan.plan_id)
             records = journal.load()
             result.num_chunks_resumed = len(records)
+            self.overall.update(len(records))
             journal.start(reset=not records)
             log = DocumentLog(paths.log)
             self.tqdm.write(f"{plan.doc.name}: log {paths.log}")
@@ -239,8 +243,7 @@ def run_lines(plan: DocumentPlan, endpoint: Endpoint, counter: TokenCounter, num
 
 async def translate_plans(plans: list[DocumentPlan], results: list[DocumentResult], endpoint: Endpoint,
                           counter: TokenCounter, config: TranslateConfig) -> None:
-    done = sum(len(Journal(r.paths.journal, p.plan_id).load()) for p, r in zip(plans, results))
-    job = Job(endpoint, counter, config, sum(len(p.chunks) for p in plans), done)
+    job = Job(endpoint, counter, config, sum(len(p.chunks) for p in plans))
     try:
         await asyncio.gather(*(job.document(p, r) for p, r in zip(plans, results)))
     finally:
