@@ -12,7 +12,10 @@ from typing import Any
 
 
 class BackgroundSampler:
-    """Calls `sample()` every `interval_s` seconds between `start()` and `stop()`.
+    """Calls `sample()` at `start()`, every `interval_s` seconds after it, and once more at `stop()`.
+
+    The samples at both edges are there because a starved server (2 busy cores) may answer only one
+    or two scrapes during a short run: the series then still shows where it began and ended.
 
     Subclasses implement `sample()`: it appends a row (with `t_s`, seconds since `start()`) to
     `self.samples`, or nothing if this round had nothing to read. Also a context manager.
@@ -34,6 +37,7 @@ class BackgroundSampler:
         return time.perf_counter() - self._t0
 
     def _loop(self) -> None:
+        self.sample()
         while not self._stop.wait(self.interval_s):
             self.sample()
 
@@ -50,6 +54,8 @@ class BackgroundSampler:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+            self._thread = None
+            self.sample()  # the end state, however slow the last scrapes were
         return getattr(self, "df", None)
 
     def __enter__(self) -> BackgroundSampler:
