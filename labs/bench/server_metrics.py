@@ -188,7 +188,7 @@ class MetricsPoller(BackgroundSampler):
     Use:
         with MetricsPoller(url) as poller:
             run_benchmark(...)
-        poller.df   # t_s, kv_cache_usage_perc, num_requests_running, num_requests_waiting
+        poller.df   # t_s, scrape_ms, kv_cache_usage_perc, num_requests_running, num_requests_waiting
     """
 
     thread_name = "metrics-poller"
@@ -199,15 +199,19 @@ class MetricsPoller(BackgroundSampler):
         self.base_url, self.gauges, self.api_key = base_url, gauges, api_key
 
     def sample(self) -> None:
+        sent_s = self.elapsed_s()
         try:
             values = parse_metrics(fetch_metrics_text(self.base_url, self.api_key, timeout_s=5)).gauges
         except requests.RequestException:
             return  # a busy server may miss one sample; keep sampling
         if values:
-            self.samples.append({"t_s": self.elapsed_s(),
+            # scrape_ms: a starved API server answers late, and the values are from some moment
+            # between sending and answering: plot it beside the gauges to see when that happened.
+            answered_s = self.elapsed_s()
+            self.samples.append({"t_s": answered_s, "scrape_ms": (answered_s - sent_s) * 1000,
                                  **{g.removeprefix("vllm:"): values.get(g, math.nan) for g in self.gauges}})
 
     @property
     def df(self) -> pd.DataFrame:
-        """The samples: `t_s` (seconds since start) plus one column per gauge, without the `vllm:` prefix."""
+        """The samples: `t_s` (seconds since start, when answered), `scrape_ms`, one column per gauge (no `vllm:`)."""
         return pd.DataFrame(self.samples)
