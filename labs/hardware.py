@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labs.errors import WorkbookError
+from labs.tensor_parallel.vllm_worker_debug import (DEBUG_ENGINE_ENV, WORKER_DEBUG_ENV, check_plugin_registered,
+                                                    debugging_workers)
 
 # --- why these defaults ----------------------------------------------------------------------
 CPU_BLOCK_SIZE = 32  # vLLM's CPU attention needs a multiple of 32; 32 keeps blocks visible in labs
@@ -210,6 +212,12 @@ def engine_settings(
     kwargs: dict[str, object] = {"kv_cache_dtype": kv_cache_dtype, "tensor_parallel_size": tensor_parallel_size}
     env: dict[str, str] = {}
     reasons: list[str] = []
+    if debugging_workers():
+        check_plugin_registered()
+        env.update(DEBUG_ENGINE_ENV)
+        reasons.append(f"{WORKER_DEBUG_ENV}=1: each vLLM worker listens for a debugger (the workbook's vLLM "
+                       "plugin); workers are spawned so each loads it, and a worker paused at a breakpoint is "
+                       "not declared dead after 300 s (VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS).")
     if hw.device == "cuda":
         kwargs["gpu_memory_utilization"] = GPU_MEMORY_UTILIZATION
         reasons.append(f"GPU found: vLLM may use {GPU_MEMORY_UTILIZATION:.0%} of its memory (weights + KV cache).")

@@ -66,3 +66,20 @@ def test_tensor_parallel_thread_binding_splits_cores() -> None:
     assert cpu_threads_bind(_hw(num_cpu_cores=8, numa_node_cpu_ids={0: list(range(8))}), 2) == "0-3|4-7"
     with pytest.raises(UnsupportedHardwareError):
         cpu_threads_bind(_hw(), 3)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_debugging_vllm_workers_spawns_them_and_lifts_the_step_timeout(device: str, monkeypatch) -> None:
+    """GPUs fork workers by default, and a forked worker would skip the plugin: both paths must spawn."""
+    monkeypatch.delenv("VLLM_PLUGINS", raising=False)
+    monkeypatch.delenv("WORKBOOK_DEBUG_VLLM_WORKERS", raising=False)
+    plain = engine_settings(_hw(device=device), tensor_parallel_size=2)
+    assert "VLLM_WORKER_MULTIPROC_METHOD" not in plain.env
+    monkeypatch.setenv("WORKBOOK_DEBUG_VLLM_WORKERS", "1")
+    debug = engine_settings(_hw(device=device), tensor_parallel_size=2)
+    assert debug.env["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"
+    assert int(debug.env["VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS"]) >= 3600
+    assert any("WORKBOOK_DEBUG_VLLM_WORKERS" in reason for reason in debug.reasons)
+    monkeypatch.setenv("VLLM_PLUGINS", "lora_filesystem_resolver")
+    with pytest.raises(Exception, match="workbook_debug_workers"):
+        engine_settings(_hw(device=device), tensor_parallel_size=2)

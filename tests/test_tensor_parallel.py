@@ -174,7 +174,7 @@ def attach(port: int, proc: subprocess.Popen[bytes], bp_file: str, bp_line: int)
     client.request("initialize", {"clientID": "workbook-tests", "adapterID": "debugpy", "pathFormat": "path",
                                   "linesStartAt1": True, "columnsStartAt1": True})
     attach_seq = client.send_request("attach", {"type": "debugpy", "request": "attach", "justMyCode": False,
-                                                "redirectOutput": False})
+                                                "redirectOutput": False, "subProcess": False})
     client.wait_event("initialized", timeout=30)
     client.request("setBreakpoints", {"source": {"path": bp_file}, "breakpoints": [{"line": bp_line}]})
     client.request("configurationDone")
@@ -224,6 +224,75 @@ def test_a_debugger_per_rank_stops_both_ranks_at_the_all_reduce() -> None:
         log.unlink(missing_ok=True)
 
 
+def vllm_all_reduce_line() -> tuple[str, int]:
+    import vllm.distributed.communication_op as op
+
+    path = Path(op.__file__)
+    lines = path.read_text().splitlines()
+    start = next(n for n, text in enumerate(lines, 1) if text.startswith("def tensor_model_parallel_all_reduce("))
+    line = next(n for n in range(start, len(lines) + 1) if lines[n - 1].strip().startswith("return "))
+    return str(path), line
+
+
+@pytest.mark.debugger
+def test_a_debugger_per_vllm_worker_stops_both_at_vllms_all_reduce() -> None:
+    """vLLM's OWN TP workers, through the workbook's vLLM plugin: each listens, both stop, tokens unchanged."""
+    from labs.tensor_parallel.vllm_worker_debug import check_plugin_registered
+
+    check_plugin_registered()  # `pip install -e .` registers it; without it this test could not attach
+    bp_file, bp_line = vllm_all_reduce_line()
+    base = two_free_ports()
+    env = {**os.environ, "WORKBOOK_DEBUG_VLLM_WORKERS": "1", "WORKBOOK_DEBUG_BASE_PORT": str(base),
+           "PYTHONUNBUFFERED": "1"}
+    with tempfile.NamedTemporaryFile(prefix="vllm-tp-debug-", suffix=".log", delete=False) as out:
+        log = Path(out.name)
+    started = time.monotonic()
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "my_debug_scripts/step2_tensor_parallel.py", "--vllm-only"], cwd=REPO,
+                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    clients: list[DAPClient] = []
+    try:
+        try:
+            for rank in (0, 1):
+                clients.append(attach(base + rank, proc, bp_file, bp_line)[0])
+            for rank, client in enumerate(clients):
+                stopped = client.wait_event("stopped", timeout=240, predicate=lambda b: b.get("reason") == "breakpoint")
+                thread_id = stopped.get("threadId") or client.request("threads")["threads"][0]["id"]
+                top = client.request("stackTrace", {"threadId": thread_id, "levels": 30})["stackFrames"][0]
+                assert top["name"] == "tensor_model_parallel_all_reduce" and top["line"] == bp_line, top
+                seen_rank = client.request("evaluate", {"expression": "torch.distributed.get_rank()",
+                                                        "frameId": top["id"], "context": "repl"})["result"]
+                assert seen_rank == str(rank), (rank, seen_rank)
+                client.request("setBreakpoints", {"source": {"path": bp_file}, "breakpoints": []})  # once is enough
+                client.request("continue", {"threadId": thread_id})
+            code = proc.wait(timeout=300)
+        except (AssertionError, TimeoutError, RuntimeError, StopIteration, subprocess.TimeoutExpired) as exc:
+            pytest.fail(f"{exc!r} after {time.monotonic() - started:.0f} s; exit {proc.poll()}\n{tail(log)}")
+        text = log.read_text()
+        assert code == 0, tail(log)
+        assert f"vLLM worker rank 1: debugpy listening on 127.0.0.1:{base + 1}" in text, tail(log)
+        assert "vLLM greedy tokens, TP=2 vs TP=1: identical" in text, tail(log)
+        assert text.count("debugpy listening") == 2, "TP=1's worker must not wait for a debugger"
+    finally:
+        for client in clients:
+            client.close()
+        kill_tree(proc)
+        log.unlink(missing_ok=True)
+
+
+def test_vllm_plugin_is_inert_unless_asked() -> None:
+    """The plugin runs in every vLLM process of this environment: it must do nothing by default."""
+    from labs.tensor_parallel import vllm_worker_debug as plugin
+
+    assert plugin.worker_rank("VllmWorker-1") == 1 and plugin.worker_rank("MainProcess") is None
+    code = ("import os, multiprocessing; os.environ.pop('WORKBOOK_DEBUG_VLLM_WORKERS', None); "
+            "multiprocessing.current_process().name = 'VllmWorker-0'; "
+            "from labs.tensor_parallel.vllm_worker_debug import register; register(); "
+            "import sys; print('debugpy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
+
+
 def test_launch_json_has_a_compound_attaching_to_each_rank() -> None:
     from labs.tensor_parallel.comm import DEFAULT_DEBUG_BASE_PORT
     from tests.test_packaging import _jsonc
@@ -234,5 +303,8 @@ def test_launch_json_has_a_compound_attaching_to_each_rank() -> None:
     ports = sorted(configs[name]["connect"]["port"] for name in compound["configurations"]
                    if configs[name]["request"] == "attach")
     assert ports == [DEFAULT_DEBUG_BASE_PORT, DEFAULT_DEBUG_BASE_PORT + 1]
-    waiting = [c for c in configs.values() if c.get("env", {}).get("WORKBOOK_DEBUG_RANKS") == "1"]
-    assert waiting and all(c["program"].endswith("step2_tensor_parallel.py") and c["subProcess"] is False for c in waiting)
+    for switch in ("WORKBOOK_DEBUG_RANKS", "WORKBOOK_DEBUG_VLLM_WORKERS"):  # our ranks; vLLM's own workers
+        waiting = [c for c in configs.values() if c.get("env", {}).get(switch) == "1"]
+        assert waiting and all(c["program"].endswith("step2_tensor_parallel.py") and c["subProcess"] is False
+                               and c["env"]["WORKBOOK_DEBUG_BASE_PORT"] == str(DEFAULT_DEBUG_BASE_PORT)
+                               for c in waiting), switch

@@ -123,12 +123,24 @@ def maybe_listen_for_debugger(rank: int) -> int | None:
     """
     if os.environ.get(DEBUG_RANKS_ENV, "0") != "1":
         return None
+    return listen_for_debugger(rank, who=f"rank {rank}")
+
+
+def listen_for_debugger(rank: int, who: str) -> int:
+    """Listen on 127.0.0.1:(WORKBOOK_DEBUG_BASE_PORT or 5679) + rank; wait unless WORKBOOK_DEBUG_WAIT=0.
+
+    Shared by the workbook's ranks and vLLM's own workers (`vllm_worker_debug`), so one compound
+    launch configuration attaches to either.
+    """
     import debugpy
 
     port = int(os.environ.get(DEBUG_BASE_PORT_ENV, DEFAULT_DEBUG_BASE_PORT)) + rank
+    # Not into subprocesses: a vLLM worker runs helpers (torch inductor's ISA probe, compile
+    # workers) that would each wait for a debugger nobody attaches, and hang the worker.
+    debugpy.configure(subProcess=False)
     debugpy.listen(("127.0.0.1", port))
     wait = os.environ.get(DEBUG_WAIT_ENV, "1") != "0"
-    print(f"rank {rank}: debugpy listening on 127.0.0.1:{port}" + (", waiting for the debugger" if wait else ""),
+    print(f"{who}: debugpy listening on 127.0.0.1:{port}" + (", waiting for the debugger" if wait else ""),
           flush=True)
     if wait:
         debugpy.wait_for_client()
