@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -182,46 +183,62 @@ def attach(port: int, proc: subprocess.Popen[bytes], bp_file: str, bp_line: int)
     return client, attach_seq
 
 
-@pytest.mark.debugger
-def test_a_debugger_per_rank_stops_both_ranks_at_the_all_reduce() -> None:
-    bp_file, bp_line = breakpoint_line()
+def stop_each_rank_once(script_args: list[str], switch: str, bp_file: str, bp_line: int,
+                        check_stop: Callable[[DAPClient, dict[str, Any], int], None],
+                        timeout_s: float = 240) -> tuple[int, str]:
+    """Run step2 with `switch`=1, attach one DAP client per rank, check where each stops, continue.
+
+    Returns:
+        The base port, and the script's output (it exited 0).
+    """
     base = two_free_ports()
-    env = {**os.environ, "WORKBOOK_DEBUG_RANKS": "1", "WORKBOOK_DEBUG_BASE_PORT": str(base), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, switch: "1", "WORKBOOK_DEBUG_BASE_PORT": str(base), "PYTHONUNBUFFERED": "1"}
     with tempfile.NamedTemporaryFile(prefix="tp-debug-", suffix=".log", delete=False) as out:
         log = Path(out.name)
     started = time.monotonic()
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "my_debug_scripts/step2_tensor_parallel.py"], cwd=REPO, env=env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen([sys.executable, "my_debug_scripts/step2_tensor_parallel.py", *script_args], cwd=REPO,
+                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     clients: list[DAPClient] = []
     try:
         try:
             for rank in (0, 1):
                 clients.append(attach(base + rank, proc, bp_file, bp_line)[0])
             for rank, client in enumerate(clients):
-                stopped = client.wait_event("stopped", timeout=180, predicate=lambda b: b.get("reason") == "breakpoint")
+                stopped = client.wait_event("stopped", timeout=timeout_s,
+                                            predicate=lambda b: b.get("reason") == "breakpoint")
                 thread_id = stopped.get("threadId") or client.request("threads")["threads"][0]["id"]
-                top = client.request("stackTrace", {"threadId": thread_id, "levels": 20})["stackFrames"][0]
-                assert top["name"].endswith("__call__") and top["line"] == bp_line, top
-                scopes = client.request("scopes", {"frameId": top["id"]})["scopes"]
-                local_ref = next(s for s in scopes if s["name"].lower().startswith("local"))["variablesReference"]
-                local_vars = {v["name"]: v["value"] for v in client.request("variables", {"variablesReference": local_ref})["variables"]}
-                assert local_vars.get("rank") == str(rank), (rank, local_vars)
+                top = client.request("stackTrace", {"threadId": thread_id, "levels": 30})["stackFrames"][0]
+                check_stop(client, top, rank)
                 client.request("setBreakpoints", {"source": {"path": bp_file}, "breakpoints": []})  # once is enough
                 client.request("continue", {"threadId": thread_id})
-            code = proc.wait(timeout=180)
+            code = proc.wait(timeout=timeout_s)
         except (AssertionError, TimeoutError, RuntimeError, StopIteration, subprocess.TimeoutExpired) as exc:
             pytest.fail(f"{exc!r} after {time.monotonic() - started:.0f} s; exit {proc.poll()}\n{tail(log)}")
         assert code == 0, tail(log)
-        text = log.read_text()
-        num_reduces = 1 + 2 * ModelShape.from_model_dir(REPO / "models" / "tiny-phrasebook").num_hidden_layers
-        assert f"rank 0: debugpy listening on 127.0.0.1:{base}" in text, tail(log)
-        assert f"whole model: {num_reduces} all-reduces" in text, tail(log)
+        return base, log.read_text()
     finally:
         for client in clients:
             client.close()
         kill_tree(proc)
         log.unlink(missing_ok=True)
+
+
+@pytest.mark.debugger
+def test_a_debugger_per_rank_stops_both_ranks_at_the_all_reduce() -> None:
+    bp_file, bp_line = breakpoint_line()
+
+    def check_stop(client: DAPClient, top: dict[str, Any], rank: int) -> None:
+        assert top["name"].endswith("__call__") and top["line"] == bp_line, top
+        scopes = client.request("scopes", {"frameId": top["id"]})["scopes"]
+        local_ref = next(s for s in scopes if s["name"].lower().startswith("local"))["variablesReference"]
+        local_vars = {v["name"]: v["value"] for v in client.request("variables", {"variablesReference": local_ref})["variables"]}
+        assert local_vars.get("rank") == str(rank), (rank, local_vars)
+
+    base, text = stop_each_rank_once([], "WORKBOOK_DEBUG_RANKS", bp_file, bp_line, check_stop, timeout_s=180)
+    num_reduces = 1 + 2 * ModelShape.from_model_dir(REPO / "models" / "tiny-phrasebook").num_hidden_layers
+    assert f"rank 0: debugpy listening on 127.0.0.1:{base}" in text, text[-6000:]
+    assert f"whole model: {num_reduces} all-reduces" in text, text[-6000:]
 
 
 def vllm_all_reduce_line() -> tuple[str, int]:
@@ -241,43 +258,17 @@ def test_a_debugger_per_vllm_worker_stops_both_at_vllms_all_reduce() -> None:
 
     check_plugin_registered()  # `pip install -e .` registers it; without it this test could not attach
     bp_file, bp_line = vllm_all_reduce_line()
-    base = two_free_ports()
-    env = {**os.environ, "WORKBOOK_DEBUG_VLLM_WORKERS": "1", "WORKBOOK_DEBUG_BASE_PORT": str(base),
-           "PYTHONUNBUFFERED": "1"}
-    with tempfile.NamedTemporaryFile(prefix="vllm-tp-debug-", suffix=".log", delete=False) as out:
-        log = Path(out.name)
-    started = time.monotonic()
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "my_debug_scripts/step2_tensor_parallel.py", "--vllm-only"], cwd=REPO,
-                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    clients: list[DAPClient] = []
-    try:
-        try:
-            for rank in (0, 1):
-                clients.append(attach(base + rank, proc, bp_file, bp_line)[0])
-            for rank, client in enumerate(clients):
-                stopped = client.wait_event("stopped", timeout=240, predicate=lambda b: b.get("reason") == "breakpoint")
-                thread_id = stopped.get("threadId") or client.request("threads")["threads"][0]["id"]
-                top = client.request("stackTrace", {"threadId": thread_id, "levels": 30})["stackFrames"][0]
-                assert top["name"] == "tensor_model_parallel_all_reduce" and top["line"] == bp_line, top
-                seen_rank = client.request("evaluate", {"expression": "torch.distributed.get_rank()",
-                                                        "frameId": top["id"], "context": "repl"})["result"]
-                assert seen_rank == str(rank), (rank, seen_rank)
-                client.request("setBreakpoints", {"source": {"path": bp_file}, "breakpoints": []})  # once is enough
-                client.request("continue", {"threadId": thread_id})
-            code = proc.wait(timeout=300)
-        except (AssertionError, TimeoutError, RuntimeError, StopIteration, subprocess.TimeoutExpired) as exc:
-            pytest.fail(f"{exc!r} after {time.monotonic() - started:.0f} s; exit {proc.poll()}\n{tail(log)}")
-        text = log.read_text()
-        assert code == 0, tail(log)
-        assert f"vLLM worker rank 1: debugpy listening on 127.0.0.1:{base + 1}" in text, tail(log)
-        assert "vLLM greedy tokens, TP=2 vs TP=1: identical" in text, tail(log)
-        assert text.count("debugpy listening") == 2, "TP=1's worker must not wait for a debugger"
-    finally:
-        for client in clients:
-            client.close()
-        kill_tree(proc)
-        log.unlink(missing_ok=True)
+
+    def check_stop(client: DAPClient, top: dict[str, Any], rank: int) -> None:
+        assert top["name"] == "tensor_model_parallel_all_reduce" and top["line"] == bp_line, top
+        seen_rank = client.request("evaluate", {"expression": "torch.distributed.get_rank()",
+                                                "frameId": top["id"], "context": "repl"})["result"]
+        assert seen_rank == str(rank), (rank, seen_rank)
+
+    base, text = stop_each_rank_once(["--vllm-only"], "WORKBOOK_DEBUG_VLLM_WORKERS", bp_file, bp_line, check_stop)
+    assert f"vLLM worker rank 1: debugpy listening on 127.0.0.1:{base + 1}" in text, text[-6000:]
+    assert "vLLM greedy tokens, TP=2 vs TP=1: identical" in text, text[-6000:]
+    assert text.count("debugpy listening") == 2, "TP=1's worker must not wait for a debugger"
 
 
 def test_vllm_plugin_is_inert_unless_asked() -> None:
