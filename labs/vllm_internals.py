@@ -719,3 +719,18 @@ def tp_rank_weights(model: Any) -> list[dict[str, Any]]:
                          "full_shape": (module.org_vocab_size, module.embedding_dim),
                          "output_partition_sizes": [module.num_embeddings_per_partition], "how": "parameter"})
     return rows
+
+
+# --- Lab 4: vLLM's own TP worker processes ----------------------------------------------------
+
+
+def worker_process_rank(process_name: str) -> int | None:
+    """The global rank of a vLLM worker process from its multiprocessing name, else None.
+
+    vLLM 0.32's `MultiprocExecutor` names each worker process `VllmWorker-<rank>`; the workbook's
+    debugger plugin (`labs.tensor_parallel.vllm_worker_debug`) uses this to pick its port.
+    """
+    import re
+
+    match = re.fullmatch(r"VllmWorker-(\d+)", process_name)
+    return int(match.group(1)) if match else None

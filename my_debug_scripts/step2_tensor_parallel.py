@@ -31,11 +31,11 @@ import sys  # noqa: E402
 
 
 def main() -> int:
+    if "--vllm-only" in sys.argv[1:]:
+        return compare_vllm_tp()
     from labs.models import resolve_model
     from labs.tensor_parallel import checks
 
-    if "--vllm-only" in sys.argv[1:]:
-        return compare_vllm_tp()
     model_dir = resolve_model("tiny-phrasebook").path  # the from-scratch layers need a tied Qwen2 checkpoint
     token_ids = checks.phrasebook_prompt_ids(model_dir)
     log.info("prompt: %d tokens; starting 2 ranks", len(token_ids))

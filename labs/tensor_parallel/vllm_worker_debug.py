@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import re
 from importlib.metadata import entry_points
 
 from labs.errors import WorkbookError
@@ -27,7 +26,6 @@ from labs.errors import WorkbookError
 WORKER_DEBUG_ENV = "WORKBOOK_DEBUG_VLLM_WORKERS"  # "1": each vLLM worker opens a debugpy listener
 PLUGIN_GROUP = "vllm.general_plugins"
 PLUGIN_NAME = "workbook_debug_workers"
-WORKER_PROCESS_NAME = re.compile(r"VllmWorker-(\d+)$")  # vLLM 0.32's MultiprocExecutor names them so
 DEBUG_ENGINE_ENV = {
     "VLLM_WORKER_MULTIPROC_METHOD": "spawn",
     "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": "86400",
@@ -40,8 +38,9 @@ def debugging_workers() -> bool:
 
 def worker_rank(process_name: str | None = None) -> int | None:
     """The global rank of this vLLM worker process, or None if this is not one."""
-    match = WORKER_PROCESS_NAME.match(process_name or multiprocessing.current_process().name)
-    return int(match.group(1)) if match else None
+    from labs.vllm_internals import worker_process_rank  # vLLM's naming, behind the version-checked door
+
+    return worker_process_rank(process_name or multiprocessing.current_process().name)
 
 
 def register() -> None:
