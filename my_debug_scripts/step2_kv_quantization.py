@@ -1,7 +1,10 @@
 """Step 2: KV-cache quantization, safe to run and step through under a debugger.
 
 Calibrates static scales on a few phrasebook prompts, answers them with an int8 and an fp8 KV
-cache in the mini engine, then with real vLLM and kv_cache_dtype="fp8" where the hardware can.
+cache in the mini engine, then with real vLLM and kv_cache_dtype="fp8" where the hardware can:
+with vLLM's default scales (1.0) and with the calibrated ones (a checkpoint copy that carries
+them, labs/kv_quant/vllm_scales.py). All on the selected model (VLLM_MODEL, default
+tiny-phrasebook); the mini engine runs Qwen2 and plain Llama, else it uses tiny-phrasebook and says so.
 
 Run it:   python my_debug_scripts/step2_kv_quantization.py   (or F5 "Step 2: KV-cache quantization (debug-safe)")
 
@@ -9,7 +12,8 @@ Breakpoints worth setting (justMyCode: false):
   - labs/kv_quant/cache.py                       QuantizedPagedAttention.forward   quantize on write, dequantize on read
   - labs/kv_quant/quantize.py                    quantize                          saturate, then round (int8) or cast (fp8)
   - vllm/v1/attention/backends/cpu_attn.py       CPUAttentionBackendImpl.forward   vLLM writes K / k_scale as fp8 codes
-  - vllm/model_executor/layers/attention/attention.py  (search _k_scale_float)     where vLLM's k_scale / v_scale start at 1.0
+  - vllm/model_executor/layers/quantization/kv_cache.py  BaseKVCacheMethod.process_weights_after_loading
+        where the calibrated checkpoint's k_scale / v_scale become the layer's _k_scale_float (1.0 without them)
 """
 
 # Must run before anything imports vLLM: it decides whether the engine core gets its own process.
@@ -23,25 +27,35 @@ NUM_PROMPTS = 4  # enough to see every answer; the notebook runs all 320
 
 
 def main() -> int:
+    from labs.engine import plan_run
     from labs.kv_quant.cache import kv_cache_nbytes, make_quantized_llm
     from labs.kv_quant.calibrate import calibrate
     from labs.kv_quant.measure import greedy_answers, phrasebook_messages
-    from labs.kv_quant.vllm_fp8 import compare_kv_dtypes, run_vllm_kv_dtype
+    from labs.kv_quant.vllm_fp8 import compare_kv_dtypes, vllm_kv_runs
+    from labs.mini.config import mini_engine_unsupported_reason
     from labs.mini.llm import LLM
 
+    model = plan_run().model.path  # the learner's selection
+    print(f"model: {model}")
+    mini_problem = mini_engine_unsupported_reason(model)
+    mini_model = "tiny-phrasebook" if mini_problem else model
+    if mini_problem:
+        print(f"The mini engine cannot run {model} ({mini_problem}); it uses tiny-phrasebook, "
+              "and vLLM runs without calibrated scales.")
     messages = phrasebook_messages()[:NUM_PROMPTS]
-    baseline = LLM("tiny-phrasebook", num_kv_blocks=64)
+    baseline = LLM(mini_model, num_kv_blocks=64)
     amax = calibrate(baseline, messages)  # BREAKPOINT in recording_amax's hook to see K/V per layer
     print(f"calibrated on {amax.num_tokens} tokens; K amax per layer and KV head:\n{amax.key}")
     expected = [o.outputs[0].text for o in greedy_answers(baseline, messages)]
     for scheme in ("int8_per_token", "fp8_e4m3"):
-        llm = make_quantized_llm("tiny-phrasebook", scheme, amax, num_kv_blocks=64)
+        llm = make_quantized_llm(mini_model, scheme, amax, num_kv_blocks=64)
         answers = [o.outputs[0].text for o in greedy_answers(llm, messages)]  # BREAKPOINT in QuantizedPagedAttention.forward
         ratio = kv_cache_nbytes(llm) / kv_cache_nbytes(baseline)
         print(f"{scheme}: KV bytes {ratio:.3f} of bf16, answers equal bf16's: {answers == expected} {answers}")
         log.info("%s: ratio %.3f, same answers %s", scheme, ratio, answers == expected)
 
-    runs = [run_vllm_kv_dtype(d, messages, verbose=True) for d in ("auto", "fp8")]  # one engine at a time
+    # One engine at a time: auto, fp8 with scales 1.0, fp8 with the calibrated scales.
+    runs = vllm_kv_runs(model, messages, None if mini_problem else amax, kv_cache_dtypes=("auto", "fp8"))
     print(compare_kv_dtypes(runs).to_string())
     return 0
 

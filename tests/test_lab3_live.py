@@ -24,6 +24,7 @@ import pytest
 
 from labs.batching import (SCARCE_KV, TraceRequest, equal_lengths_trace, mixed_lengths_trace, plot_steps,
                            preemption_scenario, request_summary, steps_table, summarize_batching)
+from labs.batching_costs import expected_steps, running_per_step
 from labs.live import StepObservation
 
 pytestmark = pytest.mark.engine
@@ -176,3 +177,21 @@ def test_static_vs_continuous_gives_sane_numbers(live: dict[str, Any]) -> None:
     totals = summary["num_output_tokens"].unstack("mode")
     assert (totals["static"] == totals["continuous"]).all()
     assert (summary["throughput_tok_s"] > 0).all()
+
+
+def test_step_counts_are_machine_independent(live: dict[str, Any]) -> None:
+    """Lab 3's figure that holds on any machine: the engine steps each mode takes follow from the trace.
+
+    Continuous batching admits a waiting request the step after a slot frees; each running request
+    gets one token per step. The mixed trace's step ratio is what the lab reports instead of a
+    throughput target (throughput also depends on how a step's cost grows with the batch).
+    """
+    results = live["comparison"]
+    for name, tiny_trace in TINY_TRACES.items():
+        for mode in ("static", "continuous"):
+            rows = results[(results["trace"] == name) & (results["mode"] == mode)]
+            assert rows["finish_step"].max() == expected_steps(tiny_trace, mode, BATCH_SIZE), (name, mode)
+            running = running_per_step(rows)
+            assert running.max() <= BATCH_SIZE, (name, mode, running)
+    mixed = {m: expected_steps(TINY_TRACES["mixed lengths"], m, BATCH_SIZE) for m in ("static", "continuous")}
+    assert mixed["static"] / mixed["continuous"] > 1.5, mixed

@@ -1,10 +1,10 @@
 """Static scales from calibration prompts: the amax of every layer's K and V, per KV head.
 
 Why calibrate: a static scale must be chosen before serving. Too small and large values clip;
-too large and small values share few levels. The usual answer (vLLM's `calculate_kv_scales`,
-llm-compressor's KV-cache scales) is amax over representative prompts divided by the dtype's
-largest value. Amax is recorded per KV head, the finest static layout; a per-layer scale is
-its max over heads.
+too large and small values share few levels. The usual answer (llm-compressor's KV-cache scales,
+which vLLM loads from a checkpoint: labs/kv_quant/vllm_scales.py) is amax over representative
+prompts divided by the dtype's largest value. Amax is recorded per KV head, the finest static
+layout; a per-layer scale is its max over heads.
 """
 
 from __future__ import annotations

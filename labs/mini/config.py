@@ -15,7 +15,12 @@ import torch
 
 @dataclass(frozen=True)
 class ModelShape:
-    """The parts of a Qwen2 `config.json` the mini model needs (names as in the file)."""
+    """The parts of a Qwen2 or Llama `config.json` the mini model needs (names as in the file).
+
+    Why both: a plain Llama decoder is Qwen2 without the q/k/v biases (same RMSNorm, neox-layout
+    RoPE, SwiGLU MLP, grouped-query attention), so one implementation runs both. What it does not
+    implement (RoPE scaling such as Llama 3's, MLP biases) is refused, never silently mis-computed.
+    """
 
     vocab_size: int
     hidden_size: int
@@ -29,14 +34,16 @@ class ModelShape:
     tie_word_embeddings: bool
     eos_token_id: int | None
     dtype: str  # what the checkpoint's weights were saved in ("bfloat16", ...)
+    attention_bias: bool = True  # q/k/v biases: always in Qwen2, never in the Llama models the mini engine runs
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path) -> ModelShape:
         hf = json.loads((Path(model_dir) / "config.json").read_text())
-        if hf.get("model_type") != "qwen2":
-            raise ValueError(f"the mini engine runs Qwen2 models only; {model_dir} is {hf.get('model_type')!r}")
+        unsupported = unsupported_reason(hf)
+        if unsupported:
+            raise ValueError(f"{model_dir}: {unsupported}")
         # transformers >= 5 nests rope_theta in rope_parameters; older configs keep it at the top.
-        rope_theta = hf.get("rope_parameters", {}).get("rope_theta", hf.get("rope_theta", 10000.0))
+        rope_theta = (hf.get("rope_parameters") or {}).get("rope_theta", hf.get("rope_theta", 10000.0))
         eos = hf.get("eos_token_id")
         return cls(
             vocab_size=hf["vocab_size"],
@@ -51,7 +58,39 @@ class ModelShape:
             tie_word_embeddings=hf.get("tie_word_embeddings", False),
             eos_token_id=eos[0] if isinstance(eos, list) else eos,
             dtype=hf.get("dtype") or hf.get("torch_dtype") or "float32",  # "dtype" since transformers 5
+            attention_bias=hf["model_type"] == "qwen2",  # a Llama with biases is refused above
         )
+
+
+SUPPORTED_MODEL_TYPES = ("qwen2", "llama")
+
+
+def unsupported_reason(hf_config: dict) -> str | None:
+    """Why the mini engine cannot run a model with this `config.json`, or None when it can.
+
+    Args:
+        hf_config: the parsed config.json.
+
+    Returns:
+        One sentence naming what is missing, for labs to print instead of failing.
+    """
+    model_type = hf_config.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        return f"the mini engine runs Qwen2 and Llama models only; this one is {model_type!r}"
+    rope = hf_config.get("rope_parameters") or hf_config.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type") or rope.get("type") or "default"
+    if rope_type != "default":
+        return f"the mini engine implements plain RoPE only; this model uses {rope_type!r} RoPE scaling"
+    if hf_config.get("mlp_bias") or (model_type == "llama" and hf_config.get("attention_bias")):
+        return "the mini engine has no MLP or o_proj biases; this model has them"
+    if hf_config.get("hidden_act", "silu") != "silu":
+        return f"the mini engine's MLP is SwiGLU (silu); this model uses {hf_config.get('hidden_act')!r}"
+    return None
+
+
+def mini_engine_unsupported_reason(model_dir: str | Path) -> str | None:
+    """`unsupported_reason` for a model folder (labs call it before building a mini engine)."""
+    return unsupported_reason(json.loads((Path(model_dir) / "config.json").read_text()))
 
 
 def default_device() -> str:

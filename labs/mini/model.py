@@ -1,4 +1,5 @@
-"""Qwen2ForCausalLM in plain PyTorch, reading the checkpoint Hugging Face and vLLM read.
+"""Qwen2ForCausalLM in plain PyTorch (and plain Llama, which is Qwen2 without q/k/v biases),
+reading the checkpoint Hugging Face and vLLM read.
 
 Module and parameter names are those of the safetensors file (`model.layers.0.self_attn.q_proj.weight`
 ...), so loading is a plain `load_state_dict`. Like vLLM's model code (and unlike transformers')
@@ -62,10 +63,11 @@ class Qwen2Attention(nn.Module):
         self.num_heads = shape.num_attention_heads
         self.num_kv_heads = shape.num_key_value_heads
         self.head_dim = shape.head_dim
-        # Qwen2 has biases on q/k/v (not on o): part of the checkpoint, easy to forget.
-        self.q_proj = nn.Linear(shape.hidden_size, self.num_heads * self.head_dim, bias=True)
-        self.k_proj = nn.Linear(shape.hidden_size, self.num_kv_heads * self.head_dim, bias=True)
-        self.v_proj = nn.Linear(shape.hidden_size, self.num_kv_heads * self.head_dim, bias=True)
+        # Qwen2 has biases on q/k/v (not on o): part of the checkpoint, easy to forget. Llama has none.
+        bias = shape.attention_bias
+        self.q_proj = nn.Linear(shape.hidden_size, self.num_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(shape.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(shape.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, shape.hidden_size, bias=False)
         self.rotary_emb = rotary_emb  # shared by all layers (same positions, same frequencies)
         self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim)

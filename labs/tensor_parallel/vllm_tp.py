@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import subprocess
 import sys
@@ -26,6 +27,34 @@ from labs.hardware import detect_hardware
 
 NUM_PROMPTS = 8  # phrasebook sentences; enough to show many different tokens, quick on 2 cores
 MAX_TOKENS = 24  # longer than every phrasebook translation, so each ends on its own EOS
+
+
+def tp_unsupported_reason(model_dir: str | Path, tensor_parallel_size: int) -> str | None:
+    """Why vLLM cannot split this model's attention over `tensor_parallel_size` ranks, or None.
+
+    vLLM splits attention by heads (`QKVParallelLinear`): the query heads must divide evenly over
+    the ranks (`ModelConfig.verify_with_parallel_config`), and so must the KV heads, unless there
+    are fewer KV heads than ranks, when the ranks must be a multiple of them (each KV head is then
+    replicated). The notebook and script ask first, so a model that cannot be split gets this
+    sentence instead of vLLM's traceback.
+
+    Args:
+        model_dir: the model folder (its config.json is read).
+        tensor_parallel_size: the number of ranks.
+
+    Returns:
+        One sentence naming the head counts, or None when vLLM can split them.
+    """
+    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    heads = config["num_attention_heads"]
+    kv_heads = config.get("num_key_value_heads", heads)
+    splits_kv = kv_heads % tensor_parallel_size == 0 if kv_heads >= tensor_parallel_size \
+        else tensor_parallel_size % kv_heads == 0
+    if heads % tensor_parallel_size == 0 and splits_kv:
+        return None
+    return (f"Tensor parallelism splits attention by heads, so the head counts must divide by the TP size: "
+            f"{Path(model_dir).name} has {heads} query heads and {kv_heads} KV heads, which "
+            f"tensor_parallel_size={tensor_parallel_size} cannot split.")
 
 
 def greedy_token_ids(llm: Any, num_prompts: int = NUM_PROMPTS, max_tokens: int = MAX_TOKENS) -> list[list[int]]:
