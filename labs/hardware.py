@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labs.errors import WorkbookError
-from labs.tensor_parallel.vllm_worker_debug import (DEBUG_ENGINE_ENV, WORKER_DEBUG_ENV, check_plugin_registered,
+from labs.tensor_parallel.vllm_worker_debug import (DEBUG_ENGINE_ENV, WORKER_DEBUG_ENV, check_ready_to_debug_workers,
                                                     debugging_workers)
 
 # --- why these defaults ----------------------------------------------------------------------
@@ -213,7 +213,7 @@ def engine_settings(
     env: dict[str, str] = {}
     reasons: list[str] = []
     if debugging_workers():
-        check_plugin_registered()
+        check_ready_to_debug_workers(tensor_parallel_size)  # plugin installed, ports free
         env.update(DEBUG_ENGINE_ENV)
         reasons.append(f"{WORKER_DEBUG_ENV}=1: each vLLM worker listens for a debugger (the workbook's vLLM "
                        "plugin); workers are spawned so each loads it, and a worker paused at a breakpoint is "

@@ -13,6 +13,9 @@ WORKBOOK_DEBUG_WAIT=0 listens without waiting).
 Debug vLLM's OWN workers (F5 "Step 2: vLLM's TP workers wait for a debugger", then the same
 compound): WORKBOOK_DEBUG_VLLM_WORKERS=1 makes each worker of the TP=2 engine listen on the same
 ports, through the workbook's vLLM plugin (labs/tensor_parallel/vllm_worker_debug.py).
+Stop the launch session to end a run: each rank's port closes with its rank (its debug adapter runs
+in-process), so the next launch can listen again; a port another process still holds stops the
+launch with one line naming that process and how to end it (`kill <pid>`).
 
 Breakpoints worth setting (justMyCode: false):
   - labs/tensor_parallel/comm.py     CountingAllReduce.__call__ (the "BREAKPOINT" line)   both ranks stop; `rank` differs

@@ -295,3 +295,52 @@ def kill_tree(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         pass
+
+
+def consecutive_free_ports(count: int = 2, candidates: range | None = None) -> int:
+    """The first of `count` consecutive ports that were all free a moment ago.
+
+    Args:
+        count: how many consecutive ports (one per rank: base + rank).
+        candidates: base ports to try in order; None lets the OS pick bases (ephemeral range).
+
+    Returns:
+        The base port.
+    """
+    bases = iter(candidates) if candidates is not None else (free_port() for _ in range(50))
+    for base in bases:
+        try:
+            for port in range(base, base + count):
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as debugpy binds
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
+def attach(port: int, proc: subprocess.Popen[bytes], bp_file: str | None = None,
+           bp_line: int | None = None, timeout: float = 120) -> DAPClient:
+    """Attach to a debugpy listener the way VS Code's "attach"/"connect" configuration does.
+
+    Args:
+        port: the listener's port on 127.0.0.1.
+        proc: the process that will listen (connecting stops early if it dies).
+        bp_file, bp_line: one breakpoint to set before configurationDone, or None for none.
+        timeout: how long to retry connecting (the listener opens after its process starts).
+
+    Returns:
+        The attached client; the debuggee runs on (to the breakpoint, if one was set).
+    """
+    client = DAPClient.connect("127.0.0.1", port, timeout=timeout, alive=lambda: proc.poll() is None)
+    client.request("initialize", {"clientID": "workbook-tests", "adapterID": "debugpy", "pathFormat": "path",
+                                  "linesStartAt1": True, "columnsStartAt1": True})
+    attach_seq = client.send_request("attach", {"type": "debugpy", "request": "attach", "justMyCode": False,
+                                                "redirectOutput": False, "subProcess": False})
+    client.wait_event("initialized", timeout=30)
+    if bp_file is not None:
+        client.request("setBreakpoints", {"source": {"path": bp_file}, "breakpoints": [{"line": bp_line}]})
+    client.request("configurationDone")
+    client.wait_response(attach_seq, timeout=30)
+    return client

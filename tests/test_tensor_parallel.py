@@ -29,7 +29,7 @@ from labs.tensor_parallel.launcher import RankFailedError, run_ranks
 from labs.tensor_parallel.layers import head_ids_for_rank, rows_of_heads
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `dap_client`, whatever pytest's import mode
-from dap_client import DAPClient, free_port, kill_tree, tail  # noqa: E402
+from dap_client import DAPClient, attach, consecutive_free_ports, kill_tree, tail  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-4  # float32; TP changes only the order of a sum (measured: ~3e-5 at most)
@@ -156,33 +156,6 @@ def breakpoint_line() -> tuple[str, int]:
     return str(path), line
 
 
-def two_free_ports() -> int:
-    for _ in range(50):
-        base = free_port()
-        try:
-            import socket
-
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", base + 1))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no two consecutive free ports")
-
-
-def attach(port: int, proc: subprocess.Popen[bytes], bp_file: str, bp_line: int) -> tuple[DAPClient, int]:
-    client = DAPClient.connect("127.0.0.1", port, timeout=120, alive=lambda: proc.poll() is None)
-    client.request("initialize", {"clientID": "workbook-tests", "adapterID": "debugpy", "pathFormat": "path",
-                                  "linesStartAt1": True, "columnsStartAt1": True})
-    attach_seq = client.send_request("attach", {"type": "debugpy", "request": "attach", "justMyCode": False,
-                                                "redirectOutput": False, "subProcess": False})
-    client.wait_event("initialized", timeout=30)
-    client.request("setBreakpoints", {"source": {"path": bp_file}, "breakpoints": [{"line": bp_line}]})
-    client.request("configurationDone")
-    client.wait_response(attach_seq, timeout=30)
-    return client, attach_seq
-
-
 def stop_each_rank_once(script_args: list[str], switch: str, bp_file: str, bp_line: int,
                         check_stop: Callable[[DAPClient, dict[str, Any], int], None],
                         timeout_s: float = 240) -> tuple[int, str]:
@@ -191,7 +164,7 @@ def stop_each_rank_once(script_args: list[str], switch: str, bp_file: str, bp_li
     Returns:
         The base port, and the script's output (it exited 0).
     """
-    base = two_free_ports()
+    base = consecutive_free_ports(2)
     env = {**os.environ, switch: "1", "WORKBOOK_DEBUG_BASE_PORT": str(base), "PYTHONUNBUFFERED": "1"}
     with tempfile.NamedTemporaryFile(prefix="tp-debug-", suffix=".log", delete=False) as out:
         log = Path(out.name)
@@ -203,7 +176,7 @@ def stop_each_rank_once(script_args: list[str], switch: str, bp_file: str, bp_li
     try:
         try:
             for rank in (0, 1):
-                clients.append(attach(base + rank, proc, bp_file, bp_line)[0])
+                clients.append(attach(base + rank, proc, bp_file, bp_line))
             for rank, client in enumerate(clients):
                 stopped = client.wait_event("stopped", timeout=timeout_s,
                                             predicate=lambda b: b.get("reason") == "breakpoint")

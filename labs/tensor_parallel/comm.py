@@ -20,11 +20,11 @@ import torch
 import torch.distributed as dist
 
 from labs.hardware import Hardware, detect_hardware
+from labs.tensor_parallel.debug_ports import (DEBUG_BASE_PORT_ENV, DEBUG_HOST, DEFAULT_DEBUG_BASE_PORT,  # noqa: F401
+                                              DebugPortInUseError, debug_port, port_in_use_message, port_is_free)
 
 DEBUG_RANKS_ENV = "WORKBOOK_DEBUG_RANKS"  # "1": every rank opens its own debugpy listener
-DEBUG_BASE_PORT_ENV = "WORKBOOK_DEBUG_BASE_PORT"
 DEBUG_WAIT_ENV = "WORKBOOK_DEBUG_WAIT"  # "0": listen but do not wait for the debugger to attach
-DEFAULT_DEBUG_BASE_PORT = 5679  # rank r listens on 5679 + r; 5678 is the workbook's single attach port
 
 
 @dataclass(frozen=True)
@@ -131,16 +131,38 @@ def listen_for_debugger(rank: int, who: str) -> int:
 
     Shared by the workbook's ranks and vLLM's own workers (`vllm_worker_debug`), so one compound
     launch configuration attaches to either.
+
+    Why the debug adapter runs inside this process (`in_process_debug_adapter=True`): by default
+    `debugpy.listen` spawns a separate adapter process that owns the port, daemonised out of this
+    process group, and that adapter lives on after this process dies for as long as any debugger
+    is still connected to it. Stopping a session (VS Code kills the debuggee's process group) then
+    left the ports taken, and the next launch failed with "Address already in use". In-process,
+    the port closes with this process however it ends, kill -9 included. What that gives up,
+    following spawned subprocesses, is off here anyway (`subProcess=False`).
+
+    Args:
+        rank: the global rank (its port is the base port + rank).
+        who: how the printed line names this process, e.g. "rank 1", "vLLM worker rank 0".
+
+    Returns:
+        The port it listens on.
+
+    Raises:
+        DebugPortInUseError: the port is taken; the message names the holder and how to end it.
     """
     import debugpy
 
-    port = int(os.environ.get(DEBUG_BASE_PORT_ENV, DEFAULT_DEBUG_BASE_PORT)) + rank
+    port = debug_port(rank)
+    # Checked first: an in-process listener that cannot bind fails in a background thread, and
+    # `debugpy.listen` would then wait for its socket forever instead of raising.
+    if not port_is_free(port):
+        raise DebugPortInUseError(port_in_use_message(port, who))
     # Not into subprocesses: a vLLM worker runs helpers (torch inductor's ISA probe, compile
     # workers) that would each wait for a debugger nobody attaches, and hang the worker.
     debugpy.configure(subProcess=False)
-    debugpy.listen(("127.0.0.1", port))
+    debugpy.listen((DEBUG_HOST, port), in_process_debug_adapter=True)
     wait = os.environ.get(DEBUG_WAIT_ENV, "1") != "0"
-    print(f"{who}: debugpy listening on 127.0.0.1:{port}" + (", waiting for the debugger" if wait else ""),
+    print(f"{who}: debugpy listening on {DEBUG_HOST}:{port}" + (", waiting for the debugger" if wait else ""),
           flush=True)
     if wait:
         debugpy.wait_for_client()

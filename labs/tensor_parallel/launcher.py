@@ -25,6 +25,7 @@ import torch.distributed as dist
 
 from labs.errors import WorkbookError
 from labs.tensor_parallel.comm import DEBUG_RANKS_ENV, maybe_listen_for_debugger, rank_placement
+from labs.tensor_parallel.debug_ports import check_debug_ports_free
 
 DEFAULT_TIMEOUT_S = 180  # two ranks import torch and run a tiny model: ~10 s here; generous for loaded CI
 RankTask = Callable[..., Any]  # task(rank, world_size, placement, *args) -> picklable result
@@ -73,12 +74,17 @@ def run_ranks(task: RankTask, args: tuple[Any, ...] = (), world_size: int = 2,
 
     Raises:
         RankFailedError: a rank raised (its traceback is in the message) or exited without a result.
+        DebugPortInUseError: with WORKBOOK_DEBUG_RANKS=1, a rank's debugger port is taken (the
+            message names the process holding it).
     """
     if getattr(task, "__module__", "__main__") == "__main__":
         raise WorkbookError(f"{task.__name__} is defined in __main__ (a notebook cell or a script): spawned "
                             "ranks cannot import it. Put it in a module, e.g. labs/tensor_parallel/.")
     if os.environ.get(DEBUG_RANKS_ENV) == "1":
         timeout_s = None  # a person at a breakpoint is not a hang
+        # Here, not only in each rank: one sentence naming the holder, before any rank starts,
+        # rather than a failed rank's traceback while the other waits for its debugger.
+        check_debug_ports_free(range(world_size), who="rank")
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = _free_port()

@@ -54,6 +54,26 @@ def register() -> None:
         listen_for_debugger(rank, who=f"vLLM worker rank {rank}")
 
 
+def check_ready_to_debug_workers(tensor_parallel_size: int) -> None:
+    """Raise with the fix if vLLM's workers could not open their listeners: no plugin, or a taken port.
+
+    Called in the process that starts the engine (`labs.hardware.engine_settings`), so a port held
+    by a left-over process is named in one sentence before vLLM starts any worker, instead of a
+    worker dying with "Address already in use" deep in vLLM's start-up.
+
+    Args:
+        tensor_parallel_size: the engine's workers; worker rank r listens on the base port + r.
+
+    Raises:
+        WorkbookError: the plugin would not run, or a worker's port is taken (`DebugPortInUseError`,
+            naming the holder).
+    """
+    from labs.tensor_parallel.debug_ports import check_debug_ports_free
+
+    check_plugin_registered()
+    check_debug_ports_free(range(tensor_parallel_size), who="vLLM worker rank")
+
+
 def check_plugin_registered() -> None:
     """Raise with the fix if vLLM would not call `register` in its workers."""
     names = {ep.name for ep in entry_points(group=PLUGIN_GROUP)}
