@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
+from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `dap_client`, whatever pytest's import mode
+from dap_client import consecutive_free_ports  # noqa: E402
 from labs.hardware import (
     Hardware,
     UnsupportedHardwareError,
@@ -76,6 +80,8 @@ def test_debugging_vllm_workers_spawns_them_and_lifts_the_step_timeout(device: s
     plain = engine_settings(_hw(device=device), tensor_parallel_size=2)
     assert "VLLM_WORKER_MULTIPROC_METHOD" not in plain.env
     monkeypatch.setenv("WORKBOOK_DEBUG_VLLM_WORKERS", "1")
+    # Free ports: the default 5679/5680 may be held by the learner's own debug session meanwhile.
+    monkeypatch.setenv("WORKBOOK_DEBUG_BASE_PORT", str(consecutive_free_ports(2)))
     debug = engine_settings(_hw(device=device), tensor_parallel_size=2)
     assert debug.env["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"
     assert int(debug.env["VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS"]) >= 3600
