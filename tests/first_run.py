@@ -48,10 +48,17 @@ class Milestones:
         print(f"[first-run] {seconds / 60:5.1f} min  {name}{verdict}", flush=True)
 
 
-def run(cmd: list[str], cwd: Path, log: Path) -> None:
-    """Run `cmd`, its output to `log` and the terminal's last lines on failure."""
-    with log.open("wb") as out:
-        code = subprocess.run(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT).returncode
+def run(cmd: list[str], cwd: Path, log: Path, milestones: Milestones | None = None) -> None:
+    """Run `cmd` with its output in `log`; the set-up's stage lines (`[setup N/4] ...`) become milestones."""
+    with log.open("w", encoding="utf-8") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                errors="replace")
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.write(line)
+            if milestones is not None and line.startswith("[setup "):
+                milestones.mark(line.strip())
+        code = proc.wait()
     if code != 0:
         sys.exit(f"{' '.join(cmd)} failed with exit code {code}; its output: {log}\n"
                  + log.read_text(errors="replace")[-3000:])
@@ -120,7 +127,7 @@ def main() -> int:
     try:
         run(["git", "clone", "-q", str(REPO), str(clone)], work, logs / "clone.log")
         # The clone's shared/ neighbour (../shared) is not needed: nothing here reads it.
-        run(["make", "demo"], clone, logs / "make-demo.log")
+        run(["make", "demo"], clone, logs / "make-demo.log", milestones)
         milestones.mark("make demo finished")
         stop_in_scheduler(clone, milestones, logs / "debugpy.log")
         if not args.skip_test:
