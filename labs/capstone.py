@@ -88,32 +88,91 @@ class RunMeasurement:
     server: bench.MetricsDelta
     gauges: pd.DataFrame = field(default_factory=pd.DataFrame)
 
+    def check_measured(self) -> None:
+        """Refuse a run that sent no requests: its table row would be empty, and a ratio meaningless.
+
+        Raises:
+            WorkbookError: with each document's status, so the cause (unreadable inputs, a
+                folder of finished journals) is visible.
+        """
+        from labs.errors import WorkbookError
+
+        if self.job.requests_df.empty:
+            statuses = ", ".join(f"{d.name}: {d.status}" for d in self.job.documents) or "no input documents"
+            raise WorkbookError(f"The {self.label} run sent no requests, so there is nothing to measure ({statuses}). "
+                                "Give measure_run input files that can be read, and an out_dir of its own "
+                                "(it is emptied before each run).")
+
     def row(self) -> dict[str, object]:
+        """One row of the comparison table (see `compare_sequential_concurrent`)."""
+        self.check_measured()
         df = self.job.requests_df
-        num_output_tokens = int(df["output_len"].sum()) if not df.empty else 0
+        num_output_tokens = int(df["output_len"].sum())
+        # the engine's own count of requests in one step, polled: the machine-independent sign of batching
+        running = self.gauges.get("num_requests_running", pd.Series(dtype=float))
         return {"run": self.label, "requests": len(df), "seconds": round(self.job.duration_s, 2),
                 "output tokens/s": round(num_output_tokens / self.job.duration_s, 1),
                 "median TTFT ms": round(df["ttft_ms"].median(), 1), "median TPOT ms": round(df["tpot_ms"].median(), 1),
-                "prefix-cache hit rate": round(self.server.prefix_cache_hit_rate, 3)}
+                "prefix-cache hit rate": round(self.server.prefix_cache_hit_rate, 3),
+                "peak running requests": running.max() if not running.empty else float("nan")}
 
 
 def measure_run(label: str, inputs: list[Path], url: str, out_dir: Path, concurrency: int,
                 **config: object) -> RunMeasurement:
-    """Translate `inputs` into a fresh `out_dir` (so nothing is skipped) and measure it."""
+    """Translate `inputs` into `out_dir`, emptied first so that nothing is skipped, and measure it.
+
+    Why emptied: the pipeline resumes from journals, so a second run into the same folder (the
+    notebook run again) would skip every chunk and measure nothing. The folder is emptied only if
+    an earlier measurement made it; other contents are moved aside (see `fresh_out_dir`).
+
+    Args:
+        label: the run's name in the table.
+        inputs: documents to translate.
+        url: the server.
+        out_dir: this run's own folder.
+        concurrency: requests in flight at once.
+        **config: more `TranslateConfig` fields.
+
+    Returns:
+        The job with the server's view of it.
+
+    Raises:
+        WorkbookError: the run sent no requests (see `RunMeasurement.check_measured`).
+    """
+    from labs.translate.outputs import fresh_out_dir
+
+    moved = fresh_out_dir(out_dir)
+    if moved is not None:
+        print(f"{out_dir} held files that no measurement wrote: moved to {moved}")
     api_key = env_setting(API_KEY_ENV)
     before = bench.snapshot(url, api_key)
     with bench.MetricsPoller(url, interval_s=0.2, api_key=api_key) as poller:
         job = run_job(inputs, TranslateConfig(out_dir=out_dir, concurrency=concurrency, **config), base_url=url)
     time.sleep(0.5)  # the server records a request's statistics just after its last chunk is streamed
-    return RunMeasurement(label, job, bench.delta(before, bench.snapshot(url, api_key)), poller.df)
+    measurement = RunMeasurement(label, job, bench.delta(before, bench.snapshot(url, api_key)), poller.df)
+    measurement.check_measured()
+    return measurement
 
 
 def compare_sequential_concurrent(inputs: list[Path], url: str, out_root: Path, concurrency: int = 8,
                                   **config: object) -> tuple[pd.DataFrame, list[RunMeasurement]]:
     """The same job twice, one request at a time and then `concurrency` at a time.
 
+    Each run translates into its own folder under `out_root`, emptied first, so calling this
+    again (a notebook run twice) measures the same work again.
+
+    Args:
+        inputs: documents to translate.
+        url: the server.
+        out_root: parent of the runs' folders (`sequential/`, `concurrent/`).
+        concurrency: requests in flight in the second run.
+        **config: more `TranslateConfig` fields.
+
     Returns:
         (a table with one row per run and the throughput ratio, the two measurements).
+
+    Raises:
+        WorkbookError: a run sent no requests (nothing to compare).
     """
     runs = [measure_run("sequential", inputs, url, out_root / "sequential", 1, **config),
             measure_run(f"concurrent ({concurrency})", inputs, url, out_root / "concurrent", concurrency, **config)]

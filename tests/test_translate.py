@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from labs.serve import build_config, find_free_port, start_background, stop
+from labs.errors import WorkbookError
 from labs.translate.endpoint import ModelNotServedError, ServerUnavailableError, connect
 from labs.translate.pipeline import TranslateConfig
 from labs.translate.request import ChunkFailedError, RetryPolicy, translate_chunk
@@ -26,6 +27,7 @@ from labs.translate.run import run_job, run_sync
 from labs.translate.samples import sample_paragraphs, write_samples
 
 from .conftest import REPO_ROOT, TEST_MODEL
+from .recording_proxy import recording_proxy
 
 pytestmark = pytest.mark.server
 START_TIMEOUT_S = 300
@@ -218,3 +220,80 @@ def test_transport_errors_are_retried_with_backoff_then_reported(server_url: str
     assert failures_left == [0] and attempt.text.strip(), "two 503s, then the real answer"
     assert recovered_after >= 0.2 + 0.4, "waited 0.2 s, then 0.4 s (exponential backoff)"
     assert gave_up_after >= 0.1 + 0.2
+
+
+def test_measurements_rerun_into_the_same_folder_measure_the_same_work(server_url: str, tmp_path: Path) -> None:
+    """The capstone notebook run twice: each run must translate everything again, not resume."""
+    from labs.capstone import compare_sequential_concurrent
+
+    inputs = write_samples(tmp_path / "in", ["emergency_card"])
+    tables = [compare_sequential_concurrent(inputs, server_url, tmp_path / "measure", concurrency=4, progress=False)[0]
+              for _ in range(2)]
+    assert tables[1]["requests"].tolist() == tables[0]["requests"].tolist()
+    assert (tables[1]["requests"] >= 12).all(), "every chunk of the 12-paragraph sample was sent again"
+    (tmp_path / "in" / "empty.txt").write_text("\n", encoding="utf-8")
+    with pytest.raises(WorkbookError, match=r"sequential run sent no requests.*empty: failed"):
+        compare_sequential_concurrent([tmp_path / "in" / "empty.txt"], server_url, tmp_path / "measure", progress=False)
+
+
+# Two phrasebook sentences in one paragraph: tiny-phrasebook answers the first one twice
+# (`repeated phrase '我付现金。'`), which the checks reject, as a user's 150-paragraph document
+# did with another pair. Each sentence alone it translates exactly.
+BLOCKING_IDS = ("pb094", "pb155")  # 現金で払います。 今日はいい天気ですね。
+
+
+def blocking_document(folder: Path) -> tuple[Path, list[str], list[str]]:
+    """A three-paragraph document whose middle paragraph gets no acceptable greedy answer."""
+    from labs.models.phrasebook import load_phrasebook
+
+    middle = [e for e in load_phrasebook() if e.entry_id in BLOCKING_IDS]
+    ja, zh = sample_paragraphs("emergency_card")
+    ja, zh = [ja[0], "".join(e.ja for e in middle), ja[1]], [zh[0], "".join(e.zh for e in middle), zh[1]]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "blocking.txt").write_text("\n\n".join(ja) + "\n", encoding="utf-8")
+    return folder / "blocking.txt", ja, zh
+
+
+def test_a_rerun_continues_a_rejected_chunks_attempts_and_finishes(server_url: str, tmp_path: Path) -> None:
+    """Run 1 is rejected; run 2 must send what run 1 did not (seen on the wire), and finish."""
+    path, _, zh = blocking_document(tmp_path / "in")
+    sentences = ("現金で払います。", "今日はいい天気ですね。")
+    config = config_for(tmp_path / "out", retry=RetryPolicy(max_content_retries=0))
+    jobs, written, asked = [], [], []  # asked: per run, (text to translate, seed) of the middle paragraph's requests
+    for _ in range(2):
+        with recording_proxy(server_url) as (url, bodies):
+            jobs.append(run_job([path], config, base_url=url))
+        written.append(jobs[-1].documents[0].paths.translation.exists())
+        texts = [(b["messages"][-1]["content"].split("Translate:")[-1], b.get("seed")) for b in bodies]
+        asked.append([(text, seed) for text, seed in texts if any(s in text for s in sentences)])
+    first, second = jobs[0], jobs[1].documents[0]
+    assert first.documents[0].status == "failed" and not written[0]
+    assert [seed for _, seed in asked[0]] == [None], "first run: one greedy attempt"
+    assert [seed for _, seed in asked[1]] == [1, 1], "the rerun continues the attempt sequence; it does not replay"
+    assert [sum(s in text for s in sentences) for text, _ in asked[1]] == [1, 1], "one sentence per request"
+    assert "--allow-partial" in first.advice() and "new seeds" in first.advice()
+    assert second.status == "translated", second.error
+    assert second.paths.translation.read_text(encoding="utf-8") == "\n\n".join(zh) + "\n"
+    assert "(after 1 in earlier runs), one sentence per request" in second.paths.log.read_text(encoding="utf-8")
+
+
+def test_allow_partial_writes_the_document_with_the_rejected_paragraph_flagged(server_url: str, tmp_path: Path) -> None:
+    """Without the flag: exit 1 and how to get the document; with it: exit 3 and the paragraph flagged."""
+    path, ja, zh = blocking_document(tmp_path / "in")
+    out = tmp_path / "out"
+    strict = cli(str(path), "--out", str(tmp_path / "strict"), "--retries", "0", url=server_url)
+    output, _ = strict.communicate(timeout=300)
+    assert strict.returncode == 1 and "add --allow-partial" in output, output
+    proc = cli(str(path), "--out", str(out), "--retries", "0", "--allow-partial", url=server_url)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 3, output
+    assert "PARTIAL: blocking: paragraph(s) 2 kept in Japanese" in output
+    assert (out / "blocking_zh.txt").read_text(encoding="utf-8") == "\n\n".join([zh[0], ja[1], zh[2]]) + "\n"
+    bilingual = (out / "blocking_bilingual.md").read_text(encoding="utf-8")
+    assert f"| 2 | {ja[1]} | **⚠ NOT TRANSLATED (source kept)**: 1 answer(s) rejected" in bilingual
+    assert f"| 1 | {ja[0]} | {zh[0]} |" in bilingual
+    assert "=== partial: " in (out / "logs" / "blocking.log").read_text(encoding="utf-8")
+    rerun = cli(str(path), "--out", str(out), "--retries", "0", "--allow-partial", url=server_url)
+    output, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, output
+    assert (out / "blocking_zh.txt").read_text(encoding="utf-8") == "\n\n".join(zh) + "\n", "replaced once complete"

@@ -105,6 +105,8 @@ def test_checks_catch_what_models_do_wrong() -> None:
     assert any("repeated phrase" in p for p in paragraph_problems("キャッシュに保存された結果を再利用します。",
                                                                    "重复利用保存在缓存里的结果。缓存里的结果。"))
     assert paragraph_problems("ありがとう、ありがとう。", "谢谢，谢谢。") == [], "short repeats are normal speech"
+    assert paragraph_problems("パスポートを見せてください。パスポートを見せてください。",
+                              "请出示您的护照。请出示您的护照。") == [], "a sentence the source says twice"
     assert any("untranslated" in p for p in paragraph_problems("再起動しました。", "サーバーを再起動しました"))
     assert any("echoed" in p for p in paragraph_problems("サーバーを再起動しました。", "サーバーを再起動しました。服务器已经重启了。"))
     verdict = check_answer("[1] 服务器已经重启了。", ["サーバーを再起動しました。"], "length")
@@ -197,3 +199,56 @@ def test_token_counts_per_file_for_planning(tmp_path: Path, model_path: Path) ->
     out = subprocess.run([sys.executable, "-m", "labs.tokens", str(tmp_path), "-m", "tiny-phrasebook"],
                          capture_output=True, text=True, check=True).stdout
     assert "inference_notes.txt" in out and f"total: {int(table['tokens'].sum())} tokens in 3 files" in out
+
+
+def test_a_failed_chunks_attempts_are_journaled_so_a_rerun_continues_them(tmp_path: Path) -> None:
+    """The journal says how many attempts a chunk used; a torn line or another plan says nothing."""
+    path = tmp_path / "doc.jsonl"
+    journal = Journal(path, "plan-a")
+    journal.start(reset=True)
+    journal.append(ChunkRecord(0, ["一。"], 10, 3, 0.1, 0.05, 1, []))
+    journal.append_failure(1, 3, "no acceptable translation after 3 attempts")
+    journal.append_failure(1, 6, "no acceptable translation after 3 attempts")
+    assert Journal(path, "plan-a").attempts_used() == {1: 6}
+    assert sorted(Journal(path, "plan-a").load()) == [0], "a failure is not a finished chunk"
+    journal.start(reset=not journal.is_current())
+    assert Journal(path, "plan-a").attempts_used() == {1: 6}, "resuming keeps the failure lines"
+    assert Journal(path, "plan-b").attempts_used() == {} and not Journal(path, "plan-b").is_current()
+
+
+def test_attempts_of_later_runs_sample_differently_within_bounds() -> None:
+    from labs.translate.request import MAX_RETRY_TEMPERATURE, sampling_for_attempt
+
+    first_run = [sampling_for_attempt(n, 0.0) for n in range(3)]
+    second_run = [sampling_for_attempt(n, 0.0) for n in range(3, 6)]
+    assert first_run[0] == {"temperature": 0.0}, "the first attempt ever is greedy: reproducible"
+    assert not any(s in first_run for s in second_run), "a rerun must not replay the first run's attempts"
+    assert all(s["temperature"] <= MAX_RETRY_TEMPERATURE for s in first_run[1:] + second_run)
+
+
+def test_partial_document_keeps_the_source_and_flags_it(tmp_path: Path) -> None:
+    from labs.translate.outputs import OutputPaths, UNTRANSLATED_FLAG, bilingual_markdown, write_outputs
+
+    paths = OutputPaths.for_document(tmp_path, "doc")
+    write_outputs(paths, "doc.txt", ["一。", "二。"], ["一。", "二。"], {0: "repeated phrase '一一'"})
+    bilingual = paths.bilingual.read_text(encoding="utf-8")
+    assert f"| 1 | 一。 | **{UNTRANSLATED_FLAG}**: repeated phrase '一一'<br>一。 |" in bilingual
+    assert "| 2 | 二。 | 二。 |" in bilingual and "paragraph(s) 1 got no acceptable translation" in bilingual
+    assert "Partial" not in bilingual_markdown("t", ["一。"], ["1."]), "a complete document carries no flag"
+
+
+def test_fresh_out_dir_empties_its_own_folder_and_moves_anything_else_aside(tmp_path: Path) -> None:
+    from labs.translate.outputs import fresh_out_dir
+
+    out = tmp_path / "measure"
+    assert fresh_out_dir(out) is None and out.is_dir()
+    (out / ".journal").mkdir()
+    (out / ".journal" / "doc.jsonl").write_text("{}\n")
+    assert fresh_out_dir(out) is None and [p.name for p in out.iterdir()] == [".emptied-before-each-run"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "book_zh.txt").write_text("hours of work", encoding="utf-8")
+    moved = fresh_out_dir(mine)
+    assert moved is not None and (moved / "book_zh.txt").read_text(encoding="utf-8") == "hours of work"
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        fresh_out_dir(moved / "book_zh.txt")

@@ -4,7 +4,12 @@
     python -m labs.translate docs/ --out runs/translate
     python -m labs.translate book.txt --encoding cp932 --reference ref/   # + chrF against references
 
-Rerunning the same command resumes: finished files and chunks are skipped.
+Rerunning the same command resumes: finished files and chunks are skipped, and chunks whose
+answers were rejected are retried with new seeds, one sentence per request.
+
+Exit status: 0 all translated; 1 some document incomplete or unreadable; 2 a usage or server
+problem (the message says what to fix); 3 partial: with --allow-partial, documents were written
+with the paragraphs that got no acceptable translation kept in Japanese and flagged.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from pathlib import Path
 from labs.errors import run_main
 from labs.translate.pipeline import DEFAULT_OUT_DIR, TranslateConfig
 from labs.translate.request import RetryPolicy
+
+EXIT_PARTIAL = 3  # distinct from 1 (incomplete) and 2 (WorkbookError), so scripts can tell "partial" apart
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -40,6 +47,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
     p.add_argument("--max-model-len", type=int, help="context length, only if the server does not report it")
     p.add_argument("--reference", type=Path, help="reference translations (file or folder) for chrF")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="write documents whose chunks got no acceptable translation, with those paragraphs kept in "
+                        "Japanese and flagged in the bilingual file and the log (exit status 3)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
@@ -54,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                              max_chunk_paragraphs=auto_or(args.chunk_paragraphs), overlap=args.overlap,
                              concurrency=args.concurrency, max_files_in_flight=args.files_in_flight,
                              retry=RetryPolicy(max_content_retries=args.retries, timeout_s=args.timeout),
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, allow_partial=args.allow_partial)
     job = run_job(args.inputs, config, base_url=args.base_url, model=args.model, preface_file=args.preface_file,
                   glossary_file=args.glossary, examples_file=args.examples, encoding=args.encoding,
                   max_model_len=args.max_model_len)
@@ -62,9 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.reference:
         print(chrf_table(job, args.reference).to_string(index=False))
     if not job.ok:
-        print("Some documents are incomplete (see above and their logs); rerun the same command to resume.",
-              file=sys.stderr)
-    return 0 if job.ok else 1
+        print(job.advice(), file=sys.stderr)
+    return 0 if job.ok else EXIT_PARTIAL if job.partial else 1
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ from labs.translate.prompt import OutputFormatError, parse_numbered
 _KANA = re.compile(r"[\u3040-\u309f\u30a0-\u30ff\uff66-\uff9f]")  # hiragana, katakana, half-width katakana
 _LOOP = re.compile(r"(.{2,40}?)\1{4,}", re.DOTALL)  # a 2-40 char unit repeated 5+ times in a row
 # A clause of 5+ characters said twice in a row ("缓存里的结果。缓存里的结果。"): how a model that
-# ran on past the end of its translation usually shows it; correct prose almost never does this.
+# ran on past the end of its translation usually shows it; correct prose almost never does this,
+# unless the source says it twice too: then the repeat is faithful and is not held against it
+# (rejecting it made retries prefer answers that dropped the second sentence).
 _REPEATED_CLAUSE = re.compile(r"(.{5,}?)\1", re.DOTALL)
 MAX_KANA_SHARE = 0.1  # Chinese has no kana; a few may survive in names (ソニー) or quoted titles
 MAX_LENGTH_RATIO = 4.0  # Chinese output is rarely longer than its Japanese source in characters
@@ -50,7 +52,7 @@ def paragraph_problems(source: str, translation: str) -> list[str]:
     problems = []
     if _LOOP.search(translation):
         problems.append("repetition loop")
-    elif match := _REPEATED_CLAUSE.search(translation):
+    elif (match := _REPEATED_CLAUSE.search(translation)) and not _REPEATED_CLAUSE.search(source):
         problems.append(f"repeated phrase {match.group(1)!r}")
     if kana_share(translation) > MAX_KANA_SHARE:
         problems.append(f"Japanese left untranslated ({kana_share(translation):.0%} kana)")

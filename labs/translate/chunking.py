@@ -105,6 +105,11 @@ def source_budget(max_model_len: int, num_shared_tokens: int, num_document_token
     return ChunkBudget(max_model_len, num_shared_tokens, cap, int(cap * context_share), False)
 
 
+def split_sentences(text: str) -> list[str]:
+    """`text` cut after each sentence end (。！？!?); text without one is a single sentence."""
+    return [s for s in _SENTENCE_END.split(text) if s.strip()] or [text]
+
+
 def make_segments(paragraphs: tuple[str, ...], count_tokens: Callable[[str], int], max_tokens: int) -> list[Segment]:
     """Paragraphs as segments; a paragraph longer than `max_tokens` is cut at sentence ends.
 

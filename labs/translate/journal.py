@@ -6,6 +6,10 @@ chunk. Each line goes out in ONE `write` to a file opened with O_APPEND and is f
 SIGKILL leaves either the whole line or (at worst) a torn last line, which `load` ignores. A
 rerun with the same plan skips every journaled chunk; a rerun with a different plan (other
 settings, edited source) starts the document over instead of mixing two plans' outputs.
+
+A chunk that got no acceptable answer leaves a failure line (`{"failed_chunk": i,
+"next_attempt": n, ...}`): it is not finished, but a rerun reads how many attempts it already
+used and continues from there (labs.translate.request), so reruns try something new.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -46,26 +51,41 @@ class Journal:
         self.path = path
         self.plan_id = plan_id
 
-    def load(self) -> dict[int, ChunkRecord]:
-        """The chunks already finished under this plan (empty when the plan changed or none are)."""
+    def _entries(self) -> list[dict[str, Any]] | None:
+        """Every intact line after the header, or None when there is no journal of this plan."""
         if not self.path.exists():
-            return {}
-        records: dict[int, ChunkRecord] = {}
+            return None
         with self.path.open(encoding="utf-8") as f:
             lines = f.read().split("\n")
         try:
             header = json.loads(lines[0])
         except (json.JSONDecodeError, IndexError):
-            return {}
+            return None
         if header.get("plan_id") != self.plan_id:
-            return {}
+            return None
+        entries = []
         for line in lines[1:]:
             try:
-                data = json.loads(line)
+                entries.append(json.loads(line))
             except json.JSONDecodeError:
                 continue  # a torn last line from a killed run: that chunk is simply redone
-            records[data["chunk_index"]] = ChunkRecord(**data)
-        return records
+        return entries
+
+    def is_current(self) -> bool:
+        """A journal of this plan exists (possibly with nothing finished yet)."""
+        return self._entries() is not None
+
+    def load(self) -> dict[int, ChunkRecord]:
+        """The chunks already finished under this plan (empty when the plan changed or none are)."""
+        return {e["chunk_index"]: ChunkRecord(**e) for e in self._entries() or [] if "chunk_index" in e}
+
+    def attempts_used(self) -> dict[int, int]:
+        """Per unfinished chunk, how many attempts earlier runs used on it (its next attempt's number)."""
+        used: dict[int, int] = {}
+        for e in self._entries() or []:
+            if "failed_chunk" in e:
+                used[e["failed_chunk"]] = max(used.get(e["failed_chunk"], 0), e["next_attempt"])
+        return used
 
     def start(self, reset: bool) -> None:
         """Write the header (fresh journal) unless resuming an existing one under the same plan."""
@@ -74,7 +94,14 @@ class Journal:
             atomic_write_text(self.path, json.dumps({"plan_id": self.plan_id}) + "\n")
 
     def append(self, record: ChunkRecord) -> None:
-        line = (json.dumps(asdict(record), ensure_ascii=False) + "\n").encode("utf-8")
+        self._append_line(asdict(record))
+
+    def append_failure(self, chunk_index: int, next_attempt: int, problems: str) -> None:
+        """Record that a chunk's attempts up to `next_attempt` - 1 were all rejected."""
+        self._append_line({"failed_chunk": chunk_index, "next_attempt": next_attempt, "problems": problems})
+
+    def _append_line(self, data: dict[str, Any]) -> None:
+        line = (json.dumps(data, ensure_ascii=False) + "\n").encode("utf-8")
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, line)

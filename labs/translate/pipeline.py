@@ -5,7 +5,9 @@
 Per document: read and split it (labs.translate.source), plan chunks from the server's context
 (labs.translate.chunking), skip what the journal says is done (labs.translate.journal), send the
 rest through one bounded pool of requests shared by all documents (labs.translate.request), and
-write the outputs once every chunk is in (labs.translate.outputs).
+write the outputs once every chunk is in (labs.translate.outputs). A chunk that earlier runs could
+not translate is retried differently (labs.translate.remedy); one that still fails leaves the
+document "failed", or "partial" when the user allows it (labs.translate.partial).
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from labs.serve.config import REPO_ROOT
 from labs.translate.chunking import ChunkBudget, Chunk, Segment, make_segments, plan_chunks, source_budget
 from labs.translate.endpoint import Endpoint, TokenCounter
 from labs.translate.journal import ChunkRecord, Journal
-from labs.translate.outputs import DocumentLog, OutputPaths, write_outputs
+from labs.translate.outputs import DocumentLog, OutputPaths, assemble, write_outputs
+from labs.translate.partial import settle_unfinished
 from labs.translate.prompt import PromptTemplate
-from labs.translate.request import Attempt, ChunkFailedError, RetryPolicy, max_tokens_for, translate_chunk
+from labs.translate.remedy import ChunkRequest, translate_planned_chunk
+from labs.translate.request import Attempt, ChunkFailedError, NoAcceptableAnswerError, RetryPolicy
 from labs.translate.source import SourceDocument
 
 DEFAULT_OUT_DIR = REPO_ROOT / "runs" / "translate"  # git-ignored
@@ -48,8 +52,12 @@ class TranslateConfig:
             is where the throughput comes from.
         max_files_in_flight: documents open at once (bounds open logs and progress bars).
         temperature: 0 = greedy: reproducible, and what makes a resumed run equal a clean one.
-        retry: bounds on retries (see labs.translate.request).
+        retry: bounds on retries (see labs.translate.request); a rerun continues a failed
+            chunk's attempts with new seeds, one sentence per request (labs.translate.remedy).
         progress: show tqdm bars (overall + per file).
+        allow_partial: when chunks still have no acceptable answer at the end of the run, write
+            the document anyway with their source kept and flagged (status "partial"). Off by
+            default so that a `_zh.txt` is a full translation unless the user asked otherwise.
     """
 
     out_dir: Path = DEFAULT_OUT_DIR
@@ -62,6 +70,7 @@ class TranslateConfig:
     temperature: float = 0.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     progress: bool = True
+    allow_partial: bool = False
 
 
 @dataclass(frozen=True)
@@ -134,8 +143,11 @@ class DocumentResult:
     """How one document went.
 
     Attributes:
-        status: "translated", "already done" (every chunk journaled before this run), or "failed".
+        status: "translated", "already done" (every chunk journaled before this run), "partial"
+            (written with `unresolved` paragraphs kept in the source language) or "failed".
         num_chunks_resumed: chunks taken from the journal instead of the server.
+        unresolved: paragraph numbers (1-based) kept untranslated in a partial document.
+        content_failures: chunks that got no acceptable answer (a rerun or --allow-partial helps).
         attempts: every request this run sent for the document (for timings and plots).
     """
 
@@ -147,15 +159,8 @@ class DocumentResult:
     error: str = ""
     paths: OutputPaths | None = None
     attempts: list[Attempt] = field(default_factory=list)
-
-
-def assemble(plan: DocumentPlan, records: dict[int, ChunkRecord]) -> list[str]:
-    """One translation per source paragraph: the segments of a split paragraph are rejoined."""
-    by_paragraph: list[list[str]] = [[] for _ in plan.doc.paragraphs]
-    for chunk in plan.chunks:
-        for segment, text in zip(plan.segments[chunk.start:chunk.end], records[chunk.index].translations):
-            by_paragraph[segment.paragraph_index].append(text)
-    return ["".join(parts) for parts in by_paragraph]
+    unresolved: list[int] = field(default_factory=list)
+    content_failures: int = 0
 
 
 class Job:
@@ -175,27 +180,34 @@ class Job:
         self.tqdm = tqdm
 
     async def chunk(self, plan: DocumentPlan, chunk: Chunk, journal: Journal, log: DocumentLog,
-                    result: DocumentResult, bar: Any) -> None:
-        messages = plan.messages(chunk)
-        sources = [s.text for s in plan.segments[chunk.start:chunk.end]]
-        num_source_tokens = sum(s.num_tokens for s in plan.segments[chunk.start:chunk.end])
-        max_tokens = max_tokens_for(self.endpoint.max_model_len, plan.num_prompt_tokens[chunk.index],
-                                    num_source_tokens)
+                    result: DocumentResult, bar: Any, first_attempt: int) -> None:
+        segments = plan.segments[chunk.start:chunk.end]
+        sources = [s.text for s in segments]
+        context = [s.text for s in plan.segments[chunk.context_start:chunk.start]]
+        request = ChunkRequest(plan.template, context, segments, plan.num_prompt_tokens[chunk.index],
+                               self.endpoint.max_model_len, self.config.overlap)
         async with self.requests:
             try:
-                accepted, attempts = await translate_chunk(self.client, self.endpoint.model, messages, sources,
-                                                           max_tokens, self.config.temperature, self.config.retry)
+                outcome = await translate_planned_chunk(self.client, self.endpoint.model, request,
+                                                        self.config.temperature, self.config.retry, first_attempt)
             except ChunkFailedError as exc:
                 result.attempts += exc.attempts
+                if isinstance(exc, NoAcceptableAnswerError):
+                    # journaled so that the next run continues the attempt sequence instead of replaying it
+                    journal.append_failure(chunk.index, max(a.number for a in exc.attempts) + 1, str(exc))
                 log.failed_chunk(chunk.index + 1, len(plan.chunks), plan.label(chunk), sources, exc.attempts, str(exc))
                 raise
-        result.attempts += attempts
-        record = ChunkRecord(chunk.index, list(accepted.verdict.translations), accepted.num_prompt_tokens,
-                             accepted.num_output_tokens, round(accepted.latency, 4), round(accepted.ttft, 4),
-                             len(attempts), [", ".join(a.verdict.problems) for a in attempts[:-1]])
+        result.attempts += outcome.attempts
+        kept = outcome.accepted
+        record = ChunkRecord(chunk.index, outcome.translations, sum(a.num_prompt_tokens for a in kept),
+                             sum(a.num_output_tokens for a in kept), round(sum(a.latency for a in kept), 4),
+                             round(kept[0].ttft, 4), len(outcome.attempts),
+                             [", ".join(a.verdict.problems) for a in outcome.attempts if a not in kept])
         journal.append(record)  # journaled before anything else: from here on it survives a kill
-        context = [s.text for s in plan.segments[chunk.context_start:chunk.start]]
-        log.chunk(chunk.index + 1, len(plan.chunks), plan.label(chunk), context, sources, record, max_tokens)
+        how = (f" (after {first_attempt} in earlier runs)" if first_attempt else "") + (
+            ", one sentence per request" if outcome.by_sentence else "")
+        log.chunk(chunk.index + 1, len(plan.chunks), plan.label(chunk), context, sources, record,
+                  request.max_tokens(sum(s.num_tokens for s in segments)), how)
         bar.update()
         self.overall.update()
 
@@ -203,32 +215,32 @@ class Job:
         async with self.files:
             paths = result.paths
             journal = Journal(paths.journal, plan.plan_id)
-            records = journal.load()
+            records, attempts_used = journal.load(), journal.attempts_used()
             result.num_chunks_resumed = len(records)
             self.overall.update(len(records))
-            journal.start(reset=not records)
+            journal.start(reset=not journal.is_current())
             log = DocumentLog(paths.log)
             self.tqdm.write(f"{plan.doc.name}: log {paths.log}")
-            log.run_header(run_lines(plan, self.endpoint, self.counter, len(records)),
+            log.run_header(run_lines(plan, self.endpoint, self.counter, len(records), len(attempts_used)),
                            plan.template.shared_messages(), plan.num_shared_tokens)
             todo = [c for c in plan.chunks if c.index not in records]
             bar = self.tqdm(total=len(plan.chunks), initial=len(records), desc=plan.doc.name[:24], unit="chunk",
                             leave=False, disable=not self.config.progress)
-            outcomes = await asyncio.gather(*(self.chunk(plan, c, journal, log, result, bar) for c in todo),
+            outcomes = await asyncio.gather(*(self.chunk(plan, c, journal, log, result, bar,
+                                                         attempts_used.get(c.index, 0)) for c in todo),
                                             return_exceptions=True)  # one failure must not cancel the others
             bar.close()
-            failures = [o for o in outcomes if isinstance(o, BaseException)]
-            if failures:
-                result.status, result.error = "failed", f"{len(failures)} chunk(s) failed: {failures[0]}"
-                log.write(f"=== incomplete: {result.error}; finished chunks are journaled, rerun to retry ===")
-                return result
+            failed = {c.index: o for c, o in zip(todo, outcomes) if isinstance(o, BaseException)}
+            if failed:
+                return settle_unfinished(plan, result, log, failed, self.config.allow_partial)
             write_outputs(paths, plan.doc.path.name, list(plan.doc.paragraphs), assemble(plan, journal.load()))
             log.write(f"=== done: {paths.translation} ===")
             result.status = "translated"
             return result
 
 
-def run_lines(plan: DocumentPlan, endpoint: Endpoint, counter: TokenCounter, num_resumed: int) -> list[str]:
+def run_lines(plan: DocumentPlan, endpoint: Endpoint, counter: TokenCounter, num_resumed: int,
+              num_failed_before: int = 0) -> list[str]:
     b = plan.budget
     mode = ("whole document in one request" if b.whole_document else
             f"{len(plan.chunks)} chunks of <= {b.max_source_tokens} source tokens"
@@ -238,7 +250,9 @@ def run_lines(plan: DocumentPlan, endpoint: Endpoint, counter: TokenCounter, num
             f"server: {endpoint.base_url}  model: {endpoint.model}  max_model_len: {endpoint.max_model_len} "
             f"(from /v1/models)  token counts: {counter.source}",
             f"plan {plan.plan_id}: {mode}; glossary terms in this document: {len(plan.template.glossary)}",
-            f"resumed: {num_resumed} of {len(plan.chunks)} chunks already journaled"]
+            f"resumed: {num_resumed} of {len(plan.chunks)} chunks already journaled"
+            + (f"; {num_failed_before} chunk(s) rejected in earlier runs: retried with new seeds, one sentence "
+               "per request" if num_failed_before else "")]
 
 
 async def translate_plans(plans: list[DocumentPlan], results: list[DocumentResult], endpoint: Endpoint,

@@ -4,8 +4,12 @@ Two kinds of retry, kept apart on purpose:
 - transport: connection errors, timeouts, 429 and 5xx are retried with exponential backoff and
   the SAME request (the server never answered it, so nothing about the request was wrong);
 - content: an answer that fails `labs.translate.checks` is retried with ADJUSTED sampling
-  (some temperature, a frequency penalty, a fixed seed per attempt so reruns are reproducible),
-  because greedy decoding would produce the same bad answer again.
+  (some temperature, a frequency penalty, a seed per attempt), because greedy decoding would
+  produce the same bad answer again.
+
+Attempts are numbered per chunk ACROSS runs: the journal records how many a chunk has used, and
+a rerun continues the sequence (attempt 4, 5, 6 after 1-3 were rejected) instead of replaying
+the same seeds, which would reproduce the same rejected answers forever.
 """
 
 from __future__ import annotations
@@ -31,6 +35,14 @@ class ChunkFailedError(WorkbookError):
         self.attempts = attempts or []
 
 
+class NoAcceptableAnswerError(ChunkFailedError):
+    """Every answer to a chunk failed the checks: a content failure, unlike a dead server.
+
+    Why its own class: only these chunks may be kept in the source language in a partial
+    document (`TranslateConfig.allow_partial`); a transport failure says nothing about the text.
+    """
+
+
 class FatalRequestError(WorkbookError):
     """An answer no retry can fix: wrong model name, wrong API key, a request the server rejects."""
 
@@ -52,17 +64,29 @@ class RetryPolicy:
     timeout_s: float = 600.0
 
 
+MAX_RETRY_TEMPERATURE = 0.9  # beyond this a small model's answers turn to noise, not to other translations
+MAX_FREQUENCY_PENALTY = 1.2  # higher penalises the characters a faithful translation must repeat
+
+
 def sampling_for_attempt(attempt: int, temperature: float) -> dict[str, Any]:
-    """Sampling parameters of attempt 0, 1, 2...: greedy first, then gently randomised.
+    """Sampling parameters of a chunk's attempt 0, 1, 2... (counted across runs).
 
     Why these: a loop or a dropped paragraph under greedy decoding is a property of the most
     likely continuation; a little temperature and a frequency penalty step off that path while
-    staying close to it. The seed makes each attempt reproducible across reruns.
+    staying close to it. Both grow with the attempt number up to a ceiling, and the seed IS the
+    attempt number: each attempt is reproducible, and no two attempts of a chunk are the same.
+
+    Args:
+        attempt: 0 for a chunk's first request ever; a rerun continues from the journal's count.
+        temperature: the job's temperature (0: greedy first attempt).
+
+    Returns:
+        Keyword arguments for the chat completions request.
     """
     if attempt == 0:
         return {"temperature": temperature}
-    return {"temperature": max(temperature, 0.3 * attempt), "top_p": 0.95,
-            "frequency_penalty": 0.3 * attempt, "seed": attempt}
+    return {"temperature": max(temperature, min(0.3 * attempt, MAX_RETRY_TEMPERATURE)), "top_p": 0.95,
+            "frequency_penalty": min(0.3 * attempt, MAX_FREQUENCY_PENALTY), "seed": attempt}
 
 
 def max_tokens_for(max_model_len: int, num_prompt_tokens: int, num_source_tokens: int) -> int:
@@ -78,9 +102,15 @@ def max_tokens_for(max_model_len: int, num_prompt_tokens: int, num_source_tokens
 
 @dataclass
 class Attempt:
-    """What one attempt returned, with the timings the benchmark harness uses (seconds)."""
+    """What one attempt returned, with the timings the benchmark harness uses (seconds).
+
+    `number` and `sampling` say which attempt of its chunk it was and what was sent, so the log
+    shows that a rerun tried something new.
+    """
 
     text: str = ""
+    number: int = 0
+    sampling: dict[str, Any] = field(default_factory=dict)
     finish_reason: str | None = None
     num_prompt_tokens: int = 0
     num_output_tokens: int = 0
@@ -149,22 +179,33 @@ async def request_with_backoff(client: Any, model: str, messages: list[dict[str,
 
 
 async def translate_chunk(client: Any, model: str, messages: list[dict[str, str]], sources: list[str],
-                          max_tokens: int, temperature: float, policy: RetryPolicy) -> tuple[Attempt, list[Attempt]]:
+                          max_tokens: int, temperature: float, policy: RetryPolicy,
+                          first_attempt: int = 0) -> tuple[Attempt, list[Attempt]]:
     """Ask until an answer passes the checks, at most 1 + `max_content_retries` times.
+
+    Args:
+        client / model: an `openai.AsyncOpenAI` and the served model name.
+        messages: the request; sources: the segments it asks for (what the answer is checked against).
+        max_tokens: per request; temperature: the job's (see `sampling_for_attempt`).
+        policy: retry bounds.
+        first_attempt: attempts this chunk already used in earlier runs (from its journal), so a
+            rerun sends new seeds instead of replaying rejected answers.
 
     Returns:
         (the accepted attempt, every attempt in order: the rejected ones explain the retries).
 
     Raises:
-        ChunkFailedError: no attempt passed; the message lists each attempt's problems.
+        NoAcceptableAnswerError: no attempt passed; the message lists each attempt's problems.
+        ChunkFailedError: the server could not be reached (see `request_with_backoff`).
     """
     attempts: list[Attempt] = []
-    for number in range(policy.max_content_retries + 1):
-        attempt = await request_with_backoff(client, model, messages, max_tokens,
-                                             sampling_for_attempt(number, temperature), policy)
+    for number in range(first_attempt, first_attempt + policy.max_content_retries + 1):
+        sampling = sampling_for_attempt(number, temperature)
+        attempt = await request_with_backoff(client, model, messages, max_tokens, sampling, policy)
+        attempt.number, attempt.sampling = number, sampling
         attempt.verdict = check_answer(attempt.text, sources, attempt.finish_reason)
         attempts.append(attempt)
         if attempt.verdict.ok:
             return attempt, attempts
-    problems = "; ".join(f"attempt {i + 1}: {', '.join(a.verdict.problems)}" for i, a in enumerate(attempts) if a.verdict)
-    raise ChunkFailedError(f"no acceptable translation after {len(attempts)} attempts ({problems})", attempts)
+    problems = "; ".join(f"attempt {a.number + 1}: {', '.join(a.verdict.problems)}" for a in attempts if a.verdict)
+    raise NoAcceptableAnswerError(f"no acceptable translation after {len(attempts)} attempts ({problems})", attempts)

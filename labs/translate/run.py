@@ -44,7 +44,40 @@ class JobResult:
 
     @property
     def ok(self) -> bool:
-        return all(d.status != "failed" for d in self.documents)
+        """Every document is fully translated (a partial one is not)."""
+        return all(d.status in ("translated", "already done") for d in self.documents)
+
+    @property
+    def partial(self) -> bool:
+        """Nothing failed, but some document was written with untranslated paragraphs kept and flagged."""
+        return not any(d.status == "failed" for d in self.documents) and any(
+            d.status == "partial" for d in self.documents)
+
+    def advice(self) -> str:
+        """What the user should do next, in words ("" when everything is translated).
+
+        Why spelled out: "incomplete, rerun" alone once sent users into reruns that replayed the
+        same rejected answers; now a rerun tries new seeds one sentence per request, and
+        --allow-partial gets the document at once with the unresolved paragraphs flagged.
+        """
+        partial = [d for d in self.documents if d.status == "partial"]
+        failed = [d for d in self.documents if d.status == "failed"]
+        stuck = sum(d.content_failures for d in failed)
+        lines = []
+        if partial:
+            lines.append("PARTIAL: " + "; ".join(
+                f"{d.name}: paragraph(s) {', '.join(map(str, d.unresolved))} kept in Japanese, flagged in "
+                f"{d.paths.bilingual}" for d in partial) + ". Rerun the same command to retry them (new seeds, one "
+                "sentence per request); the files are replaced once every paragraph is translated.")
+        if failed:
+            lines.append(f"INCOMPLETE: {len(failed)} document(s) have no output (see above and their logs). Rerun the "
+                         "same command to resume: finished chunks are skipped, rejected ones are retried with new "
+                         "seeds, one sentence per request.")
+        if stuck:
+            lines.append(f"{stuck} chunk(s) got no acceptable translation: to get those documents now, with the "
+                         "paragraphs kept in Japanese and flagged, add --allow-partial (code: "
+                         "TranslateConfig(allow_partial=True)); the exit status is then 3 (partial).")
+        return "\n".join(lines)
 
     @property
     def requests_df(self) -> pd.DataFrame:
@@ -66,7 +99,9 @@ class JobResult:
     def summary(self) -> pd.DataFrame:
         return pd.DataFrame([{"document": d.name, "status": d.status, "chunks": d.num_chunks,
                               "resumed": d.num_chunks_resumed, "requests": len(d.attempts),
-                              "output": str(d.paths.translation) if d.paths and d.status != "failed" else d.error}
+                              "output": (str(d.paths.translation) if d.paths and d.status != "failed" else d.error)
+                              + (f" (paragraphs {', '.join(map(str, d.unresolved))} NOT TRANSLATED)"
+                                 if d.unresolved else "")}
                              for d in self.documents])
 
 
