@@ -16,22 +16,14 @@ from pathlib import Path
 import pandas as pd
 
 from labs import bench, serve
-from labs.serve.config import API_KEY_ENV, default_url, env_setting, url_for
+from labs.serve.config import API_KEY_ENV, default_url, env_setting
 from labs.translate.pipeline import TranslateConfig
 from labs.translate.run import JobResult, run_job
 
 
-@dataclass
-class LabServer:
-    """The server the notebook translates with; `stop()` only stops one the notebook started."""
-
-    url: str
-    started: bool
-    log_dir: Path | None = None
-
-    def stop(self) -> None:
-        if self.started and self.log_dir is not None:
-            serve.stop(log_dir=self.log_dir)
+# The server the notebook translates with: `.url`, and `.stop()`, which stops only a server this
+# notebook's kernel owns (one at VLLM_BASE_URL is never stopped).
+LabServer = serve.OwnedServer
 
 
 def describe_setup() -> None:
@@ -52,24 +44,24 @@ def describe_setup() -> None:
 
 
 def lab_server(log_dir: Path) -> LabServer:
-    """A running server: the one at VLLM_BASE_URL if it answers, else the workbook's, started here.
+    """A running server: the one at VLLM_BASE_URL if it answers, else the workbook's, owned by this kernel.
 
     Why not always start one: a learner with a GPU server already running (`make vllm-start-bg`,
     a real model) should measure THAT server; on a fresh machine the notebook brings its own
-    on a free port, with its own log folder, and leaves any other server alone.
+    (`serve.owned_server`: a free port, its own log folder), which stops when the kernel ends,
+    even if the notebook failed half-way, and which a rerun reuses instead of starting another.
+
+    Args:
+        log_dir: the notebook's server log folder (one server per folder).
+
+    Returns:
+        The server; `.owned` is False for the one at VLLM_BASE_URL.
     """
     configured = env_setting("VLLM_BASE_URL")
     if configured and serve.status(configured).up:
         print(f"Using the server at {default_url()} (VLLM_BASE_URL)")
-        return LabServer(default_url(), started=False)
-    record = serve.read_record(log_dir)
-    if record is not None and serve.status(url_for("127.0.0.1", record.port), log_dir=log_dir).up:
-        # this notebook's own server from an earlier run that stopped before its last cell
-        print(f"Reusing the server this notebook started earlier (port {record.port}).")
-        return LabServer(url_for("127.0.0.1", record.port), started=True, log_dir=log_dir)
-    port = serve.find_free_port()
-    serve.start_background(serve.build_config(port=port, log_dir=log_dir, session_name=f"vllm-capstone-{port}"))
-    return LabServer(url_for("127.0.0.1", port), started=True, log_dir=log_dir)
+        return LabServer(default_url())
+    return serve.owned_server("vllm-capstone", log_dir=log_dir)
 
 
 @dataclass

@@ -9,24 +9,30 @@ Command line (`make vllm-start-bg`, `make vllm-status`, ... wrap it):
     python -m labs.serve logs -f     # follow logs/latest.log
     python -m labs.serve stop        # SIGTERM the process group, SIGKILL after a grace period
 
-From Python (a notebook):
+From Python (a notebook): a server owned by the kernel, stopped when it ends, reused on rerun:
 
     from labs import serve
-    serve.start_background(serve.build_config(port=8001))
-    serve.status("http://127.0.0.1:8001").served_model_names
-    serve.stop()
+    server = serve.owned_server("vllm-lab6", log_dir=Path("runs/profiles/server-logs"))
+    serve.status(server.url).served_model_names
+    server.stop()
+
+(`serve.start_background(serve.build_config(port=8001))` starts one that outlives its starter,
+as `start-bg` does; `serve.stop()` stops it.)
 
 Modules: `config` (what to run, from options, environment, `.env` and `labs.engine.plan_run`),
-`health` (HTTP checks, ports), `records` (the pid file, processes), `manager` (start/stop/status).
+`health` (HTTP checks, ports), `records` (the pid file, processes), `launch` and `pane` (how it
+is started, with exactly its environment), `manager` (start/stop/status), `owned`, `owners` and
+`watchdog` (servers owned by a process).
 """
 
 from labs.serve.config import ServerConfig, build_config
 from labs.serve.health import ServedModel, ServerNotReadyError, find_free_port, wait_until_healthy
 from labs.serve.manager import ServeError, ServerStatus, start_background, start_foreground, status, stop
+from labs.serve.owned import OwnedServer, owned_server
 from labs.serve.records import ServerRecord, read_record
 
 __all__ = [
-    "ServeError", "ServedModel", "ServerConfig", "ServerNotReadyError", "ServerRecord", "ServerStatus",
-    "build_config", "find_free_port", "read_record", "start_background", "start_foreground", "status", "stop",
-    "wait_until_healthy",
+    "OwnedServer", "ServeError", "ServedModel", "ServerConfig", "ServerNotReadyError", "ServerRecord", "ServerStatus",
+    "build_config", "find_free_port", "owned_server", "read_record", "start_background", "start_foreground",
+    "status", "stop", "wait_until_healthy",
 ]

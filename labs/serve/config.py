@@ -141,6 +141,8 @@ class ServerConfig:
         log_requests: log every request (`--enable-log-requests`).
         extra_args: passed to vLLM unchanged, last (they win over ours).
         reasons: why the model and the engine settings were chosen, one sentence each.
+        unset_env: variables of ours the server must not inherit (a notebook kernel's quieting
+            of its own in-process engine, say); `debug` still sets its logging level.
     """
 
     model_path: str
@@ -157,6 +159,7 @@ class ServerConfig:
     log_requests: bool = False
     extra_args: tuple[str, ...] = ()
     reasons: tuple[str, ...] = ()
+    unset_env: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -184,7 +187,8 @@ class ServerConfig:
 
     def child_env(self) -> dict[str, str]:
         """The server's whole environment: ours, the overrides, and the API key if there is one."""
-        env = {**os.environ, **self.env_overrides()}
+        env = {key: value for key, value in os.environ.items() if key not in self.unset_env}
+        env |= self.env_overrides()
         # A notebook or test that made an in-process engine (make_llm) exported
         # VLLM_ENABLE_V1_MULTIPROCESSING=0; a server inheriting it runs the model inside its engine
         # core on CPU (no separate worker) and was measured ~10x slower. Servers use vLLM's default.
@@ -209,7 +213,8 @@ def default_served_model_name(name: str, path: str, source: str) -> str:
 def build_config(model: str | None = None, *, served_model_name: str | None = None, host: str | None = None,
                  port: int | None = None, max_model_len: int | None = None, log_dir: Path | None = None,
                  session_name: str | None = None, env_file: Path = DEFAULT_ENV_FILE, debug: bool | None = None,
-                 log_requests: bool = False, extra_args: tuple[str, ...] = ()) -> ServerConfig:
+                 log_requests: bool = False, extra_args: tuple[str, ...] = (),
+                 unset_env: tuple[str, ...] = ()) -> ServerConfig:
     """Decide what to run: resolve the model, plan the engine for this hardware, read the settings.
 
     Args:
@@ -225,6 +230,7 @@ def build_config(model: str | None = None, *, served_model_name: str | None = No
         debug: default: `DEBUG=1` in the environment.
         log_requests: log each request in the server log.
         extra_args: more vLLM flags, passed last.
+        unset_env: variables of this process the server must not inherit.
 
     Returns:
         The config; nothing has started.
@@ -251,6 +257,7 @@ def build_config(model: str | None = None, *, served_model_name: str | None = No
         debug=debug,
         log_requests=log_requests,
         extra_args=tuple(extra_args),
+        unset_env=tuple(unset_env),
         reasons=(f"Model: {run.model.path} ({run.model.reason})", f"Hardware: {run.hardware.describe()}",
                  *run.settings.reasons),
     )

@@ -1,16 +1,20 @@
 """How the server process is launched (tmux, a detached process group, `script`), and its log files.
 
 Each launcher returns the pid of the process it started first; the server itself
-(`python -m vllm.entrypoints.openai.api_server`) is found under it with
-`records.find_server_process`, because tmux and `script` start it through a shell.
+(`python -m vllm.entrypoints.openai.api_server`) is found at or under it with
+`records.find_server_process`: `script` starts it through a shell, and a tmux pane becomes the
+server only once `labs.serve.pane` has set its environment.
 """
 
 from __future__ import annotations
 
-import re
+import json
+import os
 import shlex
 import shutil
 import subprocess
+import sys
+import tempfile
 from datetime import datetime
 from pathlib import Path
 
@@ -19,9 +23,7 @@ from labs.serve.config import REPO_ROOT, ServerConfig, mask_secret
 
 NUM_LOG_LINES_ON_FAILURE = 40
 LATEST_LOG_NAME = "latest.log"
-# tmux gives a pane its own terminal and shell: these describe *our* terminal, not the pane's.
-_TMUX_ENV_SKIP = frozenset({"TERM", "TMUX", "TMUX_PANE", "COLUMNS", "LINES", "SHLVL", "PWD", "OLDPWD", "_"})
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # not exported shell functions (BASH_FUNC_module%%)
+PANE_SCRIPT = Path(__file__).with_name("pane.py")  # run by path: see labs/serve/pane.py for why
 
 
 class ServeError(WorkbookError):
@@ -72,25 +74,38 @@ def kill_tmux_session(session: str | None, pgid: int) -> None:
         subprocess.run([tmux, "kill-session", "-t", f"={session}"], capture_output=True)
 
 
-def launch_in_tmux(config: ServerConfig, log_path: Path) -> int:
-    """Start the server in a detached tmux session; return the pane pid (= its process group).
+def _write_pane_spec(config: ServerConfig, log_path: Path) -> Path:
+    """The server's argv, environment and log for `labs.serve.pane`, in a file only we can read.
 
-    Why `-e` for the environment: a tmux server that is already running gives new sessions *its*
-    environment, not ours; passing ours explicitly makes the server see what this shell sees.
+    Why a file: the environment may hold the API key, and a command line is visible to `ps`.
+    `mkstemp` creates it mode 0600; the pane deletes it as soon as it has read it.
+    """
+    config.log_dir.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=".vllm-pane-", suffix=".json", dir=config.log_dir)
+    spec = {"argv": config.command(), "env": config.child_env(), "log_path": str(log_path),
+            "tee": shutil.which("tee") or "/usr/bin/tee"}
+    with os.fdopen(fd, "w", encoding="utf-8") as spec_file:
+        json.dump(spec, spec_file)
+    return Path(name)
+
+
+def launch_in_tmux(config: ServerConfig, log_path: Path) -> int:
+    """Start the server in a detached tmux session; return the pane pid (= the server's pid and group).
+
+    Why through `labs.serve.pane`: a tmux server gives new panes *its* environment (that of
+    whoever started it, e.g. a notebook kernel), and `new-session -e` can add variables but not
+    remove one; the pane script replaces that environment with exactly `config.child_env()`.
     """
     if tmux_pane_pid(config.session_name) is not None:
         raise ServeError(f"A tmux session named '{config.session_name}' already exists but no running server is "
                          f"recorded for it. Look at it: tmux attach -t {config.session_name}; or pick another "
                          "name: --name NAME")
+    spec_path = _write_pane_spec(config, log_path)
     argv = [tmux_path() or "tmux", "new-session", "-d", "-s", config.session_name, "-c", str(REPO_ROOT),
-            "-P", "-F", "#{pane_pid}"]
-    for key, value in config.child_env().items():
-        if key not in _TMUX_ENV_SKIP and _ENV_NAME.fullmatch(key):
-            argv += ["-e", f"{key}={value}"]
-    pipeline = f"{shlex.join(config.command())} 2>&1 | tee -a {shlex.quote(str(log_path))}"
-    argv += ["--", "/bin/sh", "-c", pipeline]
+            "-P", "-F", "#{pane_pid}", "--", sys.executable, "-I", "-S", str(PANE_SCRIPT), str(spec_path)]
     result = subprocess.run(argv, capture_output=True, text=True)
     if result.returncode != 0:
+        spec_path.unlink(missing_ok=True)
         raise ServeError(f"tmux could not start the session: {mask_secret(result.stderr.strip(), config.api_key)}")
     return int(result.stdout.strip())
 
