@@ -445,6 +445,40 @@ def test_owned_server_is_reused_and_stops_when_its_last_owner_is_killed(private_
 
 
 @pytest.mark.server
+def test_a_notebook_that_fails_half_way_leaves_no_server(private_tmux: Path, tmp_path: Path) -> None:
+    """A real Jupyter kernel starts an owned server, then a cell fails: nothing may be left running."""
+    import nbformat
+    from nbclient.exceptions import CellExecutionError
+
+    from labs.notebooks import execute_notebook
+
+    log_dir, seen_path = tmp_path / "server-logs", tmp_path / "seen.json"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in (
+        "import json, pathlib\n"
+        "from labs import serve\n"
+        "from labs.serve.records import group_members\n"
+        f"server = serve.owned_server('vllm-test-nb', log_dir={str(log_dir)!r}, model={TEST_MODEL!r})\n"
+        "record = serve.read_record(server.log_dir)\n"
+        f"pathlib.Path({str(seen_path)!r}).write_text(json.dumps({{'pgid': record.pgid, "
+        "'session': record.tmux_session, 'pids': [p.pid for p in group_members(record.pgid)]}))",
+        "raise RuntimeError('a cell fails half-way')",
+        "server.stop()  # never reached",
+    )])
+    path = tmp_path / "fails.ipynb"
+    nbformat.write(nb, path)
+    try:
+        with pytest.raises(CellExecutionError, match="a cell fails half-way"):
+            execute_notebook(path)
+        seen = json.loads(seen_path.read_text())
+        assert len(seen["pids"]) >= 3, "the API server, its engine core and tee should have been running"
+        assert wait_until(lambda: not group_members(seen["pgid"]) and not tmux_has_session(seen["session"]),
+                          STOPPED_WITHIN_S), describe_processes(group_members(seen["pgid"]))
+        assert read_record(log_dir) is None and not (log_dir / "owners.json").exists()
+    finally:
+        stop(log_dir=log_dir, grace_s=10, echo=lambda _: None)
+
+
+@pytest.mark.server
 def test_start_bg_and_owned_servers_work_in_either_order(private_tmux: Path, tmp_path: Path) -> None:
     """A notebook's server, then `make vllm-start-bg`'s, then a notebook's again: all with their own environment.
 
