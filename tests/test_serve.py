@@ -10,8 +10,9 @@ key read from a `.env` file, which must never show up anywhere.
 
 Then a learner's second use (issue 10), each in a tmux server of its own: a tmux server started
 from a notebook kernel must not hand its environment to a later `start-bg` server; a notebook's
-owned server is reused by a rerun and stopped when its last owner is killed; and `start-bg` and
-notebook servers work in either order (five more server starts).
+owned server is reused by a rerun and stopped when its last owner is killed, or when a notebook
+fails half-way in a real kernel; and `start-bg` and notebook servers work in either order (six
+more server starts).
 """
 
 from __future__ import annotations
