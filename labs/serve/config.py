@@ -188,11 +188,14 @@ class ServerConfig:
     def child_env(self) -> dict[str, str]:
         """The server's whole environment: ours, the overrides, and the API key if there is one."""
         env = {key: value for key, value in os.environ.items() if key not in self.unset_env}
-        env |= self.env_overrides()
         # A notebook or test that made an in-process engine (make_llm) exported
-        # VLLM_ENABLE_V1_MULTIPROCESSING=0; a server inheriting it runs the model inside its engine
-        # core on CPU (no separate worker) and was measured ~10x slower. Servers use vLLM's default.
+        # VLLM_ENABLE_V1_MULTIPROCESSING=0 for its own reasons; the server's process layout is decided
+        # by its engine settings (engine_env), never inherited by accident. vLLM's default layout
+        # (separate engine-core and worker processes) is kept on CPUs: `python -m labs.bench.server_modes`
+        # measures both layouts side by side, and on 2 cores the in-process one gave less and far
+        # less stable throughput (figures in labs/SERVING.md).
         env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+        env |= self.env_overrides()
         if self.api_key:
             env[API_KEY_ENV] = self.api_key
         return env
