@@ -23,9 +23,10 @@ import pandas as pd
 from labs.batching import TraceRequest, distinct_prompt
 
 STEP_COST_BATCH_SIZES = (1, 2, 4, 8)
-# A run slower than this times what its steps cost alone was slowed by other work (prefill steps
-# and the Python between steps account for less than this on an idle machine).
-CONTENDED = 1.5
+# A measured throughput ratio further than this from the one the step times predict was distorted
+# by other work on the machine (it slowed one mode's run more than the other's).
+UNEVEN = 0.25
+GROWS = 1.2  # a largest-batch step this much slower than a batch-1 step counts as "cost grows with the batch"
 
 
 def expected_steps(trace: list[TraceRequest], mode: str, batch_size: int) -> int:
@@ -172,22 +173,25 @@ def explanation_lines(explained: pd.DataFrame, step_costs: pd.DataFrame) -> list
              f"{small} ({step_costs.loc[small, 'step_ms']:.1f} ms -> {step_costs.loc[large, 'step_ms']:.1f} ms); "
              f"on a GPU it is close to 1x."]
     for trace, row in explained.iterrows():
+        measured, predicted = row["throughput ratio (measured)"], row["throughput ratio (from step times)"]
         if row["static steps"] == row["continuous steps"]:
             lines.append(f"{trace}: both modes take {int(row['static steps'])} engine steps (no request waits on a longer "
-                         f"one, so there is nothing to gain); throughput ratio here {row['throughput ratio (measured)']:.2f}x.")
-            continue
-        lines.append(
-            f"{trace}: static batching takes {row['step ratio']:.2f}x the engine steps of continuous batching "
-            f"({int(row['static steps'])} vs {int(row['continuous steps'])}): a property of the trace and the batch size, "
-            f"the same on any machine. Its steps run {row['running per step, static']:.1f} requests on average against "
-            f"{row['running per step, continuous']:.1f}; a step's cost grows with its batch here, so continuous "
-            f"batching gives {row['throughput ratio (measured)']:.2f}x the throughput (the step times above predict "
-            f"{row['throughput ratio (from step times)']:.2f}x). Where a step costs the same for any batch, the "
-            f"throughput ratio approaches the step ratio.")
-        if row["slowdown vs step times"] > CONTENDED:
-            lines.append(f"  (These runs took up to {row['slowdown vs step times']:.1f}x the time their steps take alone: "
-                         "other programs were using the cores, so the measured ratio is not this machine's; rerun "
-                         "when it is idle. The step ratio is unaffected.)")
+                         f"one, so there is nothing to gain); throughput ratio here {measured:.2f}x.")
+        else:
+            lines.append(
+                f"{trace}: static batching takes {row['step ratio']:.2f}x the engine steps of continuous batching "
+                f"({int(row['static steps'])} vs {int(row['continuous steps'])}): a property of the trace and the batch "
+                f"size, the same on any machine. Its steps run {row['running per step, static']:.1f} requests on average "
+                f"against {row['running per step, continuous']:.1f}; "
+                + ("a step's cost grows with its batch here, so continuous batching's fuller steps cost more and it gives "
+                   if growth >= GROWS else "a step costs about the same for any batch here, so continuous batching gives ")
+                + f"{measured:.2f}x the throughput (the step times above predict {predicted:.2f}x). Where a step costs "
+                f"the same for any batch, the throughput ratio approaches the step ratio.")
+        if abs(measured / predicted - 1) > UNEVEN:
+            lines.append(f"  (The measured {measured:.2f}x is {abs(measured / predicted - 1):.0%} off what the step times "
+                         f"predict, and the runs took up to {row['slowdown vs step times']:.1f}x the time their steps take "
+                         "on their own: other programs were using the cores unevenly; rerun when the machine is idle. "
+                         "The step ratio is unaffected.)")
     return lines
 
 

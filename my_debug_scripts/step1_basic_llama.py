@@ -8,7 +8,7 @@ Breakpoints worth setting (with "justMyCode": false, as the F5 configurations ha
   - vllm/entrypoints/llm.py        LLM.generate   prompts become requests, then _run_engine loops step()
   - vllm/v1/core/sched/scheduler.py Scheduler.schedule   which request gets how many tokens this step
   - vllm/v1/core/kv_cache_manager.py KVCacheManager.allocate_slots   where KV blocks are handed out
-  - vllm/model_executor/models/qwen2.py Qwen2ForCausalLM.forward   the model's forward pass
+  - vllm/model_executor/models/qwen2.py Qwen2ForCausalLM.forward   the model's forward pass (llama.py LlamaForCausalLM for Llama models)
 The engine core runs in this process when a debugger is attached (see labs/debug_safe.py), so
 every one of these is reachable from the main thread.
 """

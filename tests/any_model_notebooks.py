@@ -17,7 +17,7 @@ from labs.notebooks import NOTEBOOKS_DIR, ExecutedNotebook, execute_notebook
 
 ANY_MODEL = "tiny-llama"
 # Printed only when a lab judges something it should not on this model, or fails.
-FORBIDDEN = ("Traceback", "✗", "TARGET MISSED", "NOT met", "(target >=")
+FORBIDDEN = ("Traceback", "✗", "TARGET MISSED", "NOT met")
 
 
 @dataclass(frozen=True)

@@ -169,3 +169,24 @@ def test_demo_on_a_model_that_does_not_translate() -> None:
     assert "4. model runner  LlamaForCausalLM" in out and "Traceback" not in out
     assert "left out; DEBUG=1 shows everything" in out
     assert not [line for line in out.splitlines() if is_unactionable(line)]
+
+
+def test_explanation_flags_a_distorted_ratio_only() -> None:
+    """The note about other work on the machine appears when measured and predicted ratios part, not routinely."""
+    import pandas as pd
+
+    from labs.batching_costs import explanation_lines
+
+    costs = pd.DataFrame({"step_ms": [1.0, 3.0]}, index=pd.Index([1, 8], name="batch_size"))
+
+    def lines(measured: float) -> list[str]:
+        explained = pd.DataFrame([{"trace": "mixed lengths", "static steps": 384, "continuous steps": 80,
+                                   "step ratio": 4.8, "running per step, static": 1.2,
+                                   "running per step, continuous": 5.8, "throughput ratio (measured)": measured,
+                                   "throughput ratio (from step times)": 2.0, "slowdown vs step times": 3.0}])
+        return explanation_lines(explained.set_index("trace"), costs)
+
+    agreeing, distorted = lines(2.1), lines(3.0)
+    assert "3.00x the time of a step of 1" in agreeing[0] and "cost grows with its batch" in agreeing[1]
+    assert len(agreeing) == 2 and not any("rerun" in line for line in agreeing)
+    assert len(distorted) == 3 and "50% off what the step times predict" in distorted[2]
