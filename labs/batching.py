@@ -185,8 +185,8 @@ def run_batching(llm: Any, trace: list[TraceRequest], mode: str, batch_size: int
         batch_size: requests per static batch.
 
     Returns:
-        request_id, num_output_tokens, finish_step and latency_s (from t=0, so a request of a later
-        static batch also counts the time it waited for its batch).
+        request_id, num_prompt_tokens, num_output_tokens, finish_step and latency_s (from t=0, so a
+        request of a later static batch also counts the time it waited for its batch).
     """
     engine = llm.llm_engine
     finished: dict[str, tuple[int, int, float]] = {}  # request id -> (num_output_tokens, finish_step, latency_s)
@@ -203,8 +203,8 @@ def run_batching(llm: Any, trace: list[TraceRequest], mode: str, batch_size: int
                 if out.finished:
                     finished[vi.external_request_id(out.request_id)] = (
                         len(out.outputs[0].token_ids), num_steps, time.perf_counter() - start)
-    return pd.DataFrame([(r.request_id, *finished[r.request_id]) for r in trace],
-                        columns=["request_id", "num_output_tokens", "finish_step", "latency_s"])
+    return pd.DataFrame([(r.request_id, len(r.prompt_token_ids), *finished[r.request_id]) for r in trace],
+                        columns=["request_id", "num_prompt_tokens", "num_output_tokens", "finish_step", "latency_s"])
 
 
 def compare_batching(llm: Any, traces: dict[str, list[TraceRequest]], repeats: int = 1) -> pd.DataFrame:
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize_batching(results)
     step_costs = step_time_by_batch_size(llm, tuple(sorted({1, 2, 4, args.batch_size})))
     free_llm(llm)
-    explained = explain_batching(results, summary, step_costs)
+    explained = explain_batching(results, summary)
     print(summary.to_string())
     print("\ndecode step time by batch size:\n" + step_costs.to_string())
     print("\n" + explained.to_string())

@@ -7,7 +7,8 @@ proportionally more throughput; on a CPU, and more so for a deeper model, a step
 the batch, so the steps continuous batching saves are cheap ones (static batching of a mixed trace
 spends most of its steps with one request running) and the throughput gain is smaller than the
 step gain. This module measures the pieces: expected step counts, the running requests per step,
-the step time against the batch size on this machine, and the throughput those predict.
+the step time against the batch size on this machine, and the step time of each run, which turns the
+step ratio into the throughput ratio.
 """
 
 from __future__ import annotations
@@ -23,10 +24,7 @@ import pandas as pd
 from labs.batching import TraceRequest, distinct_prompt
 
 STEP_COST_BATCH_SIZES = (1, 2, 4, 8)
-# A measured throughput ratio further than this from the one the step times predict was distorted
-# by other work on the machine (it slowed one mode's run more than the other's).
-UNEVEN = 0.25
-GROWS = 1.2  # a largest-batch step this much slower than a batch-1 step counts as "cost grows with the batch"
+CONTENDED = 2.0  # a run's mean step this many times the slowest measured step means other work slowed it
 
 
 def expected_steps(trace: list[TraceRequest], mode: str, batch_size: int) -> int:
@@ -55,11 +53,19 @@ def expected_steps(trace: list[TraceRequest], mode: str, batch_size: int) -> int
     return last
 
 
+def _intervals(rows: pd.DataFrame) -> list[tuple[int, int, int]]:
+    """(first step, finish step, prompt tokens) per request: n outputs finishing at f ran in f - n + 1 .. f."""
+    prompt_lens = rows["num_prompt_tokens"] if "num_prompt_tokens" in rows else [0] * len(rows)
+    return [(int(f) - int(n) + 1, int(f), int(p))
+            for n, f, p in zip(rows["num_output_tokens"], rows["finish_step"], prompt_lens)]
+
+
 def running_per_step(rows: pd.DataFrame) -> np.ndarray:
     """Running requests in each step of one run, from its requests' finish steps and output counts.
 
     Each running request gets exactly one output token per step (ignore_eos, prompts prefilled in
-    one step), so a request with n outputs that finished at step f ran in steps f - n + 1 .. f.
+    one step, which also samples the first token), so a request with n outputs that finished at
+    step f ran in steps f - n + 1 .. f.
 
     Args:
         rows: one run's requests (`run_batching`'s columns num_output_tokens and finish_step).
@@ -68,87 +74,104 @@ def running_per_step(rows: pd.DataFrame) -> np.ndarray:
         counts[s - 1] = requests running in step s.
     """
     counts = np.zeros(int(rows["finish_step"].max()), dtype=int)
-    for n, finish in zip(rows["num_output_tokens"], rows["finish_step"]):
-        counts[int(finish) - int(n):int(finish)] += 1
+    for first, finish, _ in _intervals(rows):
+        counts[first - 1:finish] += 1
     return counts
 
 
-def step_time_by_batch_size(llm: Any, batch_sizes: tuple[int, ...] = STEP_COST_BATCH_SIZES,
-                            num_decode_steps: int = 16, prompt_len: int = 16) -> pd.DataFrame:
-    """Measured decode step time on this machine and model, one row per batch size.
+def tokens_per_step(rows: pd.DataFrame) -> np.ndarray:
+    """Tokens each step of one run computed: a request's whole prompt in its first step, then one per step.
+
+    Why it matters: continuous batching admits waiting requests while others decode, so many of
+    its steps carry prefills as well, and a step's cost follows the tokens it computes.
+
+    Args:
+        rows: one run's requests (`run_batching`'s columns, num_prompt_tokens included).
+
+    Returns:
+        tokens[s - 1] = tokens computed in step s.
+    """
+    tokens = np.zeros(int(rows["finish_step"].max()), dtype=int)
+    for first, finish, prompt_len in _intervals(rows):
+        tokens[first - 1] += prompt_len
+        tokens[first:finish] += 1
+    return tokens
+
+
+def step_time_by_batch_size(llm: Any, batch_sizes: tuple[int, ...] = STEP_COST_BATCH_SIZES, rounds: int = 4,
+                            decode_steps_per_round: int = 4, prompt_len: int = 16) -> pd.DataFrame:
+    """Measured step times on this machine and model, one row per batch size.
+
+    Why rounds: each round measures every batch size in turn (a prefill step, then a few decode
+    steps), so a spell of other work on a shared machine stretches a few samples of each batch
+    size instead of all samples of one; the fastest sample is then the engine's own cost.
 
     Args:
         llm: an idle engine whose `max_num_seqs` is at least the largest batch size.
         batch_sizes: running requests per step to measure.
-        num_decode_steps: decode steps timed per batch size (after the prefill step).
+        rounds: times each batch size is measured.
+        decode_steps_per_round: decode steps timed per batch size and round.
         prompt_len: prompt tokens per request (the traces' 16).
 
     Returns:
-        batch_size, step_ms (the fastest decode step: other processes on a shared machine can only
-        stretch steps, so the fastest is the engine's own cost), median_step_ms (the typical one) and
-        ms_per_token (step_ms / batch_size).
+        batch_size, step_ms (the fastest decode step), median_step_ms (the typical one),
+        ms_per_token (step_ms / batch_size), prefill_tokens (batch_size x prompt_len) and
+        prefill_ms (the fastest step that prefilled them).
     """
     from vllm import SamplingParams
 
-    engine, rows = llm.llm_engine, []
-    params = SamplingParams(temperature=0.0, max_tokens=num_decode_steps + 1, ignore_eos=True)
-    for batch_size in batch_sizes:
-        for i in range(batch_size):
-            engine.add_request(f"step-cost-{batch_size}-{i}", {"prompt_token_ids": distinct_prompt(500 + i, prompt_len)},
-                               params)
-        engine.step()  # the prefill step: not a decode step
-        seconds = []
-        while engine.has_unfinished_requests():
-            start = time.perf_counter()
-            engine.step()
-            seconds.append(time.perf_counter() - start)
-        step_ms = 1e3 * min(seconds)
-        rows.append({"batch_size": batch_size, "step_ms": step_ms, "median_step_ms": 1e3 * statistics.median(seconds),
-                     "ms_per_token": step_ms / batch_size})
+    engine, prompt_index = llm.llm_engine, 500
+    params = SamplingParams(temperature=0.0, max_tokens=decode_steps_per_round + 1, ignore_eos=True)
+    prefill_s: dict[int, list[float]] = {b: [] for b in batch_sizes}
+    decode_s: dict[int, list[float]] = {b: [] for b in batch_sizes}
+    for _ in range(rounds):
+        for batch_size in batch_sizes:
+            for _ in range(batch_size):  # prompts never seen before: no prefix-cache hits
+                prompt_index += 1
+                engine.add_request(f"step-cost-{prompt_index}",
+                                   {"prompt_token_ids": distinct_prompt(prompt_index, prompt_len)}, params)
+            seconds = []
+            while engine.has_unfinished_requests():
+                start = time.perf_counter()
+                engine.step()
+                seconds.append(time.perf_counter() - start)
+            prefill_s[batch_size].append(seconds[0])
+            decode_s[batch_size] += seconds[1:]
+    rows = [{"batch_size": b, "step_ms": 1e3 * min(decode_s[b]), "median_step_ms": 1e3 * statistics.median(decode_s[b]),
+             "ms_per_token": 1e3 * min(decode_s[b]) / b, "prefill_tokens": b * prompt_len,
+             "prefill_ms": 1e3 * min(prefill_s[b])} for b in batch_sizes]
     return pd.DataFrame(rows).set_index("batch_size").round(3)
 
 
-def predicted_seconds(running: np.ndarray, step_costs: pd.DataFrame) -> float:
-    """Seconds a run would take if each step cost what a decode step of its batch size costs here.
+def explain_batching(results: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
+    """Per trace: the step ratio (machine-independent) and what a step cost in each mode here.
 
-    Args:
-        running: `running_per_step` of the run.
-        step_costs: `step_time_by_batch_size` (batch sizes in between are interpolated).
-
-    Returns:
-        The predicted seconds.
-    """
-    sizes, ms = step_costs.index.to_numpy(), step_costs["step_ms"].to_numpy()
-    return float(np.interp(running, sizes, ms).sum() / 1e3)
-
-
-def explain_batching(results: pd.DataFrame, summary: pd.DataFrame, step_costs: pd.DataFrame) -> pd.DataFrame:
-    """Per trace: the step ratio (machine-independent) next to the throughput ratio measured here, and why.
+    The throughput ratio is exactly the step ratio times the ratio of the two runs' mean step
+    times (same tokens; time = steps x mean step time), so this table says why it differs from
+    the step ratio: continuous batching's steps compute more tokens, and on a CPU they cost more.
 
     Args:
         results: `compare_batching`'s rows.
         summary: `summarize_batching(results)`.
-        step_costs: `step_time_by_batch_size` on the same engine.
 
     Returns:
-        One row per trace: steps per mode and their ratio, mean running requests per step, the
-        measured throughput ratio and the one the measured step times predict.
+        One row per trace: steps per mode and their ratio, running requests and tokens per step,
+        mean ms per step in each run, and the measured throughput ratio.
     """
     rows = []
     for trace in summary.index.get_level_values("trace").unique():
-        running = {mode: running_per_step(results[(results["trace"] == trace) & (results["mode"] == mode)])
-                   for mode in ("static", "continuous")}
+        runs = {mode: results[(results["trace"] == trace) & (results["mode"] == mode)] for mode in ("static", "continuous")}
+        running = {mode: running_per_step(rows_) for mode, rows_ in runs.items()}
+        tokens = {mode: tokens_per_step(rows_) for mode, rows_ in runs.items()}
         steps = {mode: len(r) for mode, r in running.items()}
+        ms = {mode: 1e3 * summary.loc[(trace, mode), "seconds"] / steps[mode] for mode in steps}
         rows.append({
             "trace": trace, "static steps": steps["static"], "continuous steps": steps["continuous"],
             "step ratio": steps["static"] / steps["continuous"],
             "running per step, static": running["static"].mean(), "running per step, continuous": running["continuous"].mean(),
-            "throughput ratio (measured)": summary.loc[(trace, "continuous"), "speedup_vs_static"],
-            "throughput ratio (from step times)": (predicted_seconds(running["static"], step_costs)
-                                                   / predicted_seconds(running["continuous"], step_costs)),
-            # measured run time / the time the step-time table predicts for its steps (1: as measured alone)
-            "slowdown vs step times": max(summary.loc[(trace, mode), "seconds"] / predicted_seconds(r, step_costs)
-                                          for mode, r in running.items()),
+            "tokens per step, static": tokens["static"].mean(), "tokens per step, continuous": tokens["continuous"].mean(),
+            "ms per step, static": ms["static"], "ms per step, continuous": ms["continuous"],
+            "throughput ratio": summary.loc[(trace, "continuous"), "speedup_vs_static"],
         })
     return pd.DataFrame(rows).set_index("trace").round(2)
 
@@ -164,34 +187,39 @@ def explanation_lines(explained: pd.DataFrame, step_costs: pd.DataFrame) -> list
         step_costs: `step_time_by_batch_size` on the same engine.
 
     Returns:
-        One line on step time against batch size, then one per trace (plus a note where other
-        work on the machine visibly slowed the runs).
+        One line on step time against batch size, then one per trace.
     """
     small, large = step_costs.index.min(), step_costs.index.max()
     growth = step_costs.loc[large, "step_ms"] / step_costs.loc[small, "step_ms"]
     lines = [f"On this machine and model a decode step of {large} requests takes {growth:.2f}x the time of a step of "
-             f"{small} ({step_costs.loc[small, 'step_ms']:.1f} ms -> {step_costs.loc[large, 'step_ms']:.1f} ms); "
-             f"on a GPU it is close to 1x."]
+             f"{small} ({step_costs.loc[small, 'step_ms']:.1f} ms -> {step_costs.loc[large, 'step_ms']:.1f} ms; on a GPU "
+             f"it is close to 1x), and a step that prefills {int(step_costs.loc[large, 'prefill_tokens'])} prompt tokens "
+             f"takes {step_costs.loc[large, 'prefill_ms']:.1f} ms."]
     for trace, row in explained.iterrows():
-        measured, predicted = row["throughput ratio (measured)"], row["throughput ratio (from step times)"]
+        ms_static, ms_continuous = row["ms per step, static"], row["ms per step, continuous"]
         if row["static steps"] == row["continuous steps"]:
-            lines.append(f"{trace}: both modes take {int(row['static steps'])} engine steps (no request waits on a longer "
-                         f"one, so there is nothing to gain); throughput ratio here {measured:.2f}x.")
-        else:
-            lines.append(
-                f"{trace}: static batching takes {row['step ratio']:.2f}x the engine steps of continuous batching "
-                f"({int(row['static steps'])} vs {int(row['continuous steps'])}): a property of the trace and the batch "
-                f"size, the same on any machine. Its steps run {row['running per step, static']:.1f} requests on average "
-                f"against {row['running per step, continuous']:.1f}; "
-                + ("a step's cost grows with its batch here, so continuous batching's fuller steps cost more and it gives "
-                   if growth >= GROWS else "a step costs about the same for any batch here, so continuous batching gives ")
-                + f"{measured:.2f}x the throughput (the step times above predict {predicted:.2f}x). Where a step costs "
-                f"the same for any batch, the throughput ratio approaches the step ratio.")
-        if abs(measured / predicted - 1) > UNEVEN:
-            lines.append(f"  (The measured {measured:.2f}x is {abs(measured / predicted - 1):.0%} off what the step times "
-                         f"predict, and the runs took up to {row['slowdown vs step times']:.1f}x the time their steps take "
-                         "on their own: other programs were using the cores unevenly; rerun when the machine is idle. "
-                         "The step ratio is unaffected.)")
+            lines.append(f"{trace}: both modes take {int(row['static steps'])} engine steps of the same tokens (no request "
+                         f"waits on a longer one, so there is nothing to gain); the throughput ratio here, "
+                         f"{row['throughput ratio']:.2f}x, differs from 1x only by timing variation on this machine.")
+            continue
+        lines.append(
+            f"{trace}: static batching takes {row['step ratio']:.2f}x the engine steps of continuous batching "
+            f"({int(row['static steps'])} vs {int(row['continuous steps'])}): a property of the trace and the batch "
+            f"size, the same on any machine. Its steps compute {row['tokens per step, static']:.1f} tokens on average "
+            f"({row['running per step, static']:.1f} running requests) against {row['tokens per step, continuous']:.1f} "
+            f"({row['running per step, continuous']:.1f} requests, plus the prompts of those admitted as others finish), "
+            f"and here took {ms_static:.2f} ms each against {ms_continuous:.2f} ms. So continuous batching gives "
+            f"{row['step ratio']:.2f} x {ms_static / ms_continuous:.2f} = {row['throughput ratio']:.2f}x the throughput "
+            f"on this machine; where a step costs about the same whatever it computes (a GPU at small batches), the "
+            f"throughput ratio approaches the step ratio.")
+    # No step of these traces computes more tokens than the table's largest prefill, so a run whose
+    # steps took far longer was slowed by other programs: say so, since its ratio is that moment's.
+    slowest_alone = max(step_costs["prefill_ms"].max(), step_costs["step_ms"].max())
+    slowest_run = explained[["ms per step, static", "ms per step, continuous"]].to_numpy().max()
+    if slowest_run > CONTENDED * slowest_alone:
+        lines.append(f"(The runs' steps took up to {slowest_run:.1f} ms, more than {CONTENDED:g}x the slowest step of the "
+                     f"table ({slowest_alone:.1f} ms): other programs were using the cores meanwhile, so the throughput "
+                     "ratios are this moment's; rerun when the machine is idle. The step ratios are not affected.)")
     return lines
 
 
@@ -201,6 +229,7 @@ def plot_step_costs(step_costs: pd.DataFrame) -> Any:
 
     fig, ax = plt.subplots(figsize=(6, 3.2))
     ax.plot(step_costs.index, step_costs["step_ms"], "o-", label="ms per decode step")
+    ax.plot(step_costs.index, step_costs["prefill_ms"], "^:", label="ms per prefill step (batch x prompt tokens)")
     ax.plot(step_costs.index, step_costs["ms_per_token"], "s--", label="ms per token (step / batch)")
     ax.set(xlabel="running requests in the step", ylabel="ms", title="decode step time vs batch size (this machine)")
     ax.set_xticks(list(step_costs.index))

@@ -53,8 +53,8 @@ def run_engine_side(out_path: str) -> None:
     llm = make_llm(MODEL, max_num_seqs=BATCH_SIZE, inspectable=True, verbose=False)
     record: dict[str, Any] = {"model_class": type(vi.model(llm)).__name__}
     results = compare_batching(llm, TRACES)
-    step_costs = step_time_by_batch_size(llm, (1, BATCH_SIZE), num_decode_steps=4)
-    explained = explain_batching(results, summarize_batching(results), step_costs)
+    step_costs = step_time_by_batch_size(llm, (1, BATCH_SIZE), rounds=2, decode_steps_per_round=2)
+    explained = explain_batching(results, summarize_batching(results))
     free_llm(llm)
     record["comparison"] = results.to_dict(orient="records")
     record["step_costs"] = step_costs.reset_index().to_dict(orient="records")
@@ -171,22 +171,33 @@ def test_demo_on_a_model_that_does_not_translate() -> None:
     assert not [line for line in out.splitlines() if is_unactionable(line)]
 
 
-def test_explanation_flags_a_distorted_ratio_only() -> None:
-    """The note about other work on the machine appears when measured and predicted ratios part, not routinely."""
+def test_explanation_decomposes_the_throughput_ratio() -> None:
+    """Throughput ratio = step ratio x (static ms per step / continuous ms per step), said in numbers, no target."""
     import pandas as pd
 
-    from labs.batching_costs import explanation_lines
+    from labs.batching_costs import explain_batching, explanation_lines
 
-    costs = pd.DataFrame({"step_ms": [1.0, 3.0]}, index=pd.Index([1, 8], name="batch_size"))
+    def run(mode: str, finish_steps: list[int], outputs: list[int], seconds: float) -> list[dict]:
+        return [{"trace": "mixed lengths", "mode": mode, "request_id": f"r{i}", "num_prompt_tokens": 16,
+                 "num_output_tokens": n, "finish_step": f, "latency_s": seconds} for i, (f, n) in
+                enumerate(zip(finish_steps, outputs))]
 
-    def lines(measured: float) -> list[str]:
-        explained = pd.DataFrame([{"trace": "mixed lengths", "static steps": 384, "continuous steps": 80,
-                                   "step ratio": 4.8, "running per step, static": 1.2,
-                                   "running per step, continuous": 5.8, "throughput ratio (measured)": measured,
-                                   "throughput ratio (from step times)": 2.0, "slowdown vs step times": 3.0}])
-        return explanation_lines(explained.set_index("trace"), costs)
+    # batch size 2: static runs [8, 2] then [8, 2] (16 steps); continuous admits the third request at step 3
+    # and the fourth at step 9 (10 steps)
+    results = pd.DataFrame(run("static", [8, 2, 16, 10], [8, 2, 8, 2], 1.6)
+                           + run("continuous", [8, 2, 10, 10], [8, 2, 8, 2], 0.5))
+    from labs.batching import summarize_batching
 
-    agreeing, distorted = lines(2.1), lines(3.0)
-    assert "3.00x the time of a step of 1" in agreeing[0] and "cost grows with its batch" in agreeing[1]
-    assert len(agreeing) == 2 and not any("rerun" in line for line in agreeing)
-    assert len(distorted) == 3 and "50% off what the step times predict" in distorted[2]
+    explained = explain_batching(results, summarize_batching(results))
+    row = explained.loc["mixed lengths"]
+    assert (row["static steps"], row["continuous steps"], row["step ratio"]) == (16, 10, 1.6)
+    assert row["ms per step, static"] == 100 and row["ms per step, continuous"] == 50
+    assert row["throughput ratio"] == pytest.approx(row["step ratio"] * 2)
+    costs = pd.DataFrame({"step_ms": [1.0, 3.0], "prefill_tokens": [16, 32], "prefill_ms": [2.0, 4.0]},
+                         index=pd.Index([1, 2], name="batch_size"))
+    lines = explanation_lines(explained, costs)
+    assert "3.00x the time of a step of 1" in lines[0] and "prefills 32 prompt tokens takes 4.0 ms" in lines[0]
+    assert "1.60 x 2.00 = 3.20x the throughput" in lines[1] and "target" not in "".join(lines)
+    assert len(lines) == 3 and "other programs were using the cores" in lines[2]  # 100 ms steps vs 4 ms alone
+    calm = explanation_lines(explained, costs.assign(prefill_ms=[60.0, 80.0]))
+    assert len(calm) == 2 and "other programs" not in "".join(calm)
