@@ -24,11 +24,13 @@ import os
 import sys
 from pathlib import Path
 
+from labs.ipdb_safe import quicken_ipython_debugger, running_debugger  # standard library only, too
+
 MULTIPROCESSING_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
 
 
 def debugger_attached() -> bool:
-    """True under debugpy (VS Code F5, `python -m debugpy`), pdb, or any other trace-based debugger."""
+    """True under debugpy (VS Code F5, `python -m debugpy`), pdb/ipdb, or any other trace-based debugger."""
     debugpy = sys.modules.get("debugpy")
     if debugpy is not None:
         try:
@@ -36,7 +38,9 @@ def debugger_attached() -> bool:
                 return True
         except Exception:  # an old or partial debugpy: fall through to the generic checks
             pass
-    return sys.gettrace() is not None or "pydevd" in sys.modules
+    # `python -m pdb/ipdb`: bdb runs the script, even after `c` turned tracing off; a later
+    # breakpoint() or Ctrl-C must still find the engine core in this process, with the terminal.
+    return sys.gettrace() is not None or "pydevd" in sys.modules or running_debugger() is not None
 
 
 def debug_log_path(script_file: str) -> Path:
@@ -85,5 +89,7 @@ def prepare_debug_session(script_file: str, level: int = logging.INFO) -> loggin
     else:
         os.environ[MULTIPROCESSING_ENV] = "0"
         logger.info("debugger attached; %s=0: the engine core runs in this process", MULTIPROCESSING_ENV)
+    if quicken_ipython_debugger(running_debugger()):
+        logger.info("ipdb: skip_predicates debuggerskip false, or vLLM's start-up takes minutes (labs/ipdb_safe.py)")
     logger.info("this script's log: %s (vLLM's own logs still go to the console)", log_path)
     return logger
