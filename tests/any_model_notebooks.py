@@ -9,7 +9,6 @@ executes the notebooks with `execute_on_model` and checks each with `problems`.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,22 +53,14 @@ ANY_MODEL_NOTEBOOKS: dict[str, Expectation] = {
 
 
 def execute_on_model(name: str, model: str = ANY_MODEL, out_dir: Path | None = None) -> ExecutedNotebook:
-    """Execute notebook `name` with `VLLM_MODEL=model` in its kernel (the kernel inherits the environment).
+    """Execute notebook `name` with `VLLM_MODEL=model` in its kernel's environment (ours is left alone).
 
     Args:
         name: the notebook's file name in notebooks/.
         model: what `VLLM_MODEL` selects for the run.
         out_dir: where the executed copy and its HTML go (see `execute_notebook`).
     """
-    previous = os.environ.get("VLLM_MODEL")
-    os.environ["VLLM_MODEL"] = model
-    try:
-        return execute_notebook(NOTEBOOKS_DIR / name, out_dir=out_dir)
-    finally:
-        if previous is None:
-            os.environ.pop("VLLM_MODEL", None)
-        else:
-            os.environ["VLLM_MODEL"] = previous
+    return execute_notebook(NOTEBOOKS_DIR / name, out_dir=out_dir, env={"VLLM_MODEL": model})
 
 
 def problems(name: str, text: str) -> list[str]:

@@ -1,15 +1,28 @@
-"""Every notebook executes top to bottom in a real Jupyter kernel, and is committed clean."""
+"""Every notebook executes top to bottom in a real Jupyter kernel, twice where state persists, and is
+committed clean; what a notebook claims is asserted, not only printed."""
 
 from __future__ import annotations
 
+import re
+import sys
 from pathlib import Path
 
 import nbformat
+import psutil
 import pytest
 
 from labs.notebooks import NOTEBOOKS_DIR, ExecutedNotebook, execute_notebook
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `any_model_notebooks`, whatever pytest's import mode
+from any_model_notebooks import ANY_MODEL, ANY_MODEL_NOTEBOOKS, execute_on_model, problems  # noqa: E402
+
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
+# Notebooks that leave state in the working copy (servers, log folders, journals under runs/):
+# a learner's second run meets the first run's leftovers, so the tests run these twice.
+RERUN_NOTEBOOKS = ["06_profiling.ipynb", "07_capstone_translation.ipynb"]
+# A notebook says a target was missed with one of these; a miss must be explained where the
+# figure depends on the machine or model, never printed as a routine outcome.
+MISS_MARKERS = ("NOT met", "TARGET MISSED", "DIFFERENT", "✗")
 _executed: dict[str, ExecutedNotebook] = {}
 
 
@@ -18,6 +31,24 @@ def executed(name: str, out_dir: Path) -> ExecutedNotebook:
     if name not in _executed:
         _executed[name] = execute_notebook(NOTEBOOKS_DIR / name, out_dir=out_dir)
     return _executed[name]
+
+
+def misses(text: str) -> list[str]:
+    return [line for line in text.splitlines() if any(marker in line for marker in MISS_MARKERS)]
+
+
+def verdicts(text: str) -> list[str]:
+    """The notebook's ✓ lines with their numbers blanked: what must be the same on every run."""
+    return [re.sub(r"\d+(\.\d+)?", "#", line) for line in text.splitlines() if line.lstrip().startswith("✓")]
+
+
+def vllm_server_pids() -> set[int]:
+    """Pids of vLLM API servers of this user (whoever started them)."""
+    pids = set()
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if "vllm.entrypoints.openai.api_server" in " ".join(proc.info["cmdline"] or []):
+            pids.add(proc.info["pid"])
+    return pids
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -34,7 +65,22 @@ def test_notebook_executes(path: Path, tmp_path_factory: pytest.TempPathFactory)
     text = result.text_outputs()
     assert "Model:" in text and "Hardware:" in text, "every lab prints its model and hardware"
     assert result.html_path and result.html_path.stat().st_size > 0
+    assert not misses(text), f"{path.name} printed a missed target or a failed check: {misses(text)}"
     print(f"{path.name}: {result.seconds:.0f} s")
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("name", RERUN_NOTEBOOKS)
+def test_notebook_runs_again_in_the_same_working_copy(name: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The second run meets the first's leftovers: it must pass, claim the same, and leave no server."""
+    first = executed(name, tmp_path_factory.mktemp("runs"))
+    servers_before = vllm_server_pids()
+    second = execute_notebook(NOTEBOOKS_DIR / name, out_dir=tmp_path_factory.mktemp("rerun"))
+    text = second.text_outputs()
+    assert not misses(text), f"the second run of {name} printed: {misses(text)}"
+    assert verdicts(text) == verdicts(first.text_outputs())
+    leaked = vllm_server_pids() - servers_before
+    assert not leaked, f"{name} left vLLM servers running: pids {sorted(leaked)}"
 
 
 @pytest.mark.notebook
@@ -43,3 +89,14 @@ def test_lab1_shows_live_engine_values(tmp_path_factory: pytest.TempPathFactory)
     assert "3. KV blocks" in text and "6. detokenizer" in text
     translations = [line for line in text.splitlines() if "  ->  " in line]
     assert translations and all(line.startswith("✓") for line in translations), translations
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("name", sorted(ANY_MODEL_NOTEBOOKS))
+def test_notebook_runs_on_another_architecture(name: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """tiny-llama (Llama, 9 query heads over 3 KV heads, random weights): each lab runs, and says in a
+    sentence what it cannot do on that model instead of failing or judging noise."""
+    result = execute_on_model(name, out_dir=tmp_path_factory.mktemp(f"runs-{ANY_MODEL}"))
+    found = problems(name, result.text_outputs())
+    assert not found, found
+    print(f"{name} on {ANY_MODEL}: {result.seconds:.0f} s")
