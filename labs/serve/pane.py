@@ -11,8 +11,8 @@ line is readable by every user through `ps`. The file is created mode 0600 and d
 soon as it is read, before vLLM starts.
 
 Why no shell (`sh -c "cmd | tee log"`): a shell adds variables of its own (dash exports `PWD`);
-here `tee` is forked directly, and this process then execs the server, so the pane's pid is the
-server's pid and the process group `stop` signals.
+here `tee` is started directly (not as the server's child), and this process then execs the server,
+so the pane's pid is the server's pid and the process group `stop` signals.
 
 Run as `python -I -S pane.py SPEC_FILE` (isolated: the tmux server's PYTHON* variables and site
 packages cannot change this script); it imports nothing from the workbook. The spec is JSON:
@@ -52,14 +52,23 @@ def main(spec_path: str) -> None:
     os.unlink(spec_path)  # the API key must not stay on disk
     env = pane_env(spec["env"], dict(os.environ))
     read_end, write_end = os.pipe()
-    if os.fork() == 0:  # the child copies the server's output to the pane and the log
+    # `tee` copies the server's output to the pane and the log. Forked twice, so that it is not the
+    # server's child: tools that walk the server's process tree (py-spy --subprocesses, vLLM's own
+    # child handling) then see only vLLM's processes. It stays in the process group `stop` signals.
+    middle = os.fork()
+    if middle == 0:  # starts tee, then exits at once so that tee is reparented away from the server
         try:
-            os.dup2(read_end, 0)
-            os.close(read_end)
-            os.close(write_end)
-            os.execve(spec["tee"], [spec["tee"], "-a", spec["log_path"]], env)
-        finally:  # only reached if exec failed: never run the parent's code twice
-            os._exit(127)
+            if os.fork() == 0:
+                try:
+                    os.dup2(read_end, 0)
+                    os.close(read_end)
+                    os.close(write_end)
+                    os.execve(spec["tee"], [spec["tee"], "-a", spec["log_path"]], env)
+                finally:  # only reached if exec failed
+                    os._exit(127)
+        finally:  # never run the parent's code twice
+            os._exit(0)
+    os.waitpid(middle, 0)
     os.dup2(write_end, 1)
     os.dup2(write_end, 2)
     os.close(read_end)
