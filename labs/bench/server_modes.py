@@ -34,7 +34,17 @@ LAYOUTS: dict[str, dict[str, str]] = {
 
 
 def measure_once(url: str, num_prompts: int, input_len: int, output_len: int) -> dict[str, float]:
-    """One all-at-once run: output tokens/s, client and server mean TTFT (ms), and their ratio."""
+    """One all-at-once benchmark run against one server.
+
+    Args:
+        url: the server's root URL.
+        num_prompts: requests sent, all at once.
+        input_len: prompt tokens per request.
+        output_len: output tokens per request.
+
+    Returns:
+        Output tokens/s, the client's and the server's mean TTFT (ms), and their ratio.
+    """
     before = bench.snapshot(url)
     result = bench.run_benchmark(bench.BenchmarkConfig(base_url=url, num_prompts=num_prompts, input_len=input_len,
                                                        output_len=output_len, disable_tqdm=True))
@@ -45,6 +55,14 @@ def measure_once(url: str, num_prompts: int, input_len: int, output_len: int) ->
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Start one server per layout, benchmark them alternately, print every run and the medians.
+
+    Args:
+        argv: the command line's arguments (default: `sys.argv[1:]`).
+
+    Returns:
+        The exit status (0); both servers are stopped however it ends.
+    """
     parser = argparse.ArgumentParser(prog="python -m labs.bench.server_modes", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--num-prompts", type=int, default=16)
@@ -71,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {round_index + 1}  {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items()),
                       flush=True)
     finally:
-        for i in range(len(urls)):
+        for i in range(len(LAYOUTS)):  # a Ctrl-C during a start leaves that one running too; stop is idempotent
             serve.stop(log_dir=log_root / f"layout{i}")
     print(f"\nMedians over {args.rounds} rounds ({args.num_prompts} requests of {args.input_len} + "
           f"{args.output_len} tokens, all at once):")
