@@ -50,7 +50,9 @@ def run_demo() -> int:
     """The demo itself: one engine, four answers, then one request traced step by step."""
     # vLLM's INFO start-up log is useful when debugging, but buries the demo's output.
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    if os.environ.get("DEBUG", "") in ("", "0"):
+    from labs.quiet_output import debug_requested
+
+    if not debug_requested():
         import warnings
 
         # vLLM 0.32's own import of torch.distributed triggers this; nothing a learner can change.
@@ -89,7 +91,9 @@ def run_demo() -> int:
 
 def main() -> int:
     """Run the demo in a child process whose unactionable start-up notes are filtered out (unless DEBUG=1)."""
-    if os.environ.get(CHILD_ENV) or os.environ.get("DEBUG", "") not in ("", "0"):
+    from labs.quiet_output import debug_requested
+
+    if os.environ.get(CHILD_ENV) or debug_requested():
         from labs.errors import run_main
 
         return run_main(run_demo)

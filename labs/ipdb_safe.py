@@ -169,8 +169,9 @@ def quicken_ipython_debugger(debugger: Any) -> bool:
 
 
 def _install_if_default() -> None:
-    # Someone else's hook (debugpy's, IPython's) knows better than this one: leave it.
-    if sys.breakpointhook is sys.__breakpointhook__:
+    # Someone else's hook (debugpy's, IPython's) knows better than this one: leave it. So does a
+    # debugger that needs no terminal (remote-pdb, web-pdb): wrapped, it would stop a frame too deep.
+    if sys.breakpointhook is sys.__breakpointhook__ and needs_terminal(breakpoint_target()):
         sys.breakpointhook = explain_breakpoint
 
 

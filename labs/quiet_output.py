@@ -31,6 +31,16 @@ UNACTIONABLE: tuple[tuple[str, str], ...] = (
     (r"Passing raw prompts to InputProcessor is deprecated", "from the workbook's step-by-step tracing, not yours"),
 )
 _PATTERN = re.compile("|".join(f"(?:{p})" for p, _ in UNACTIONABLE))
+TRUTHY = frozenset({"1", "true", "yes", "on"})
+
+
+def debug_requested() -> bool:
+    """Whether the user asked for everything (`DEBUG=1`, `true`, `yes` or `on`), as the server manager reads it.
+
+    Returns:
+        True when nothing may be filtered out.
+    """
+    return (os.environ.get("DEBUG") or "").strip().lower() in TRUTHY
 
 
 def is_unactionable(line: str) -> bool:

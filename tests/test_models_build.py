@@ -31,6 +31,19 @@ def test_install_copies_shipped_weights_once(tmp_path: Path) -> None:
     assert "installed" in messages[0] and "up to date" in messages[1]
 
 
+def test_a_model_retrained_here_is_kept_while_the_shipped_one_is_stale(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a recipe change, `make train` (without SHIP=1) writes models/ with today's key: set-up keeps it."""
+    stale = tmp_path / "shipped"
+    shutil.copytree(build.SHIPPED_PHRASEBOOK_DIR, stale)
+    (stale / "build_info.json").write_text(json.dumps({"key": "0000000000000000"}))
+    monkeypatch.setattr(build, "SHIPPED_PHRASEBOOK_DIR", stale)
+    retrained = tmp_path / "models" / "tiny-phrasebook"
+    shutil.copytree(stale, retrained)
+    (retrained / "build_info.json").write_text(json.dumps({"key": phrasebook_key()}))
+    assert build.install_phrasebook(tmp_path / "models", log=lambda _: None) == retrained
+
+
 def test_a_changed_recipe_refuses_the_shipped_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     stale = tmp_path / "shipped"
     shutil.copytree(build.SHIPPED_PHRASEBOOK_DIR, stale)
@@ -70,5 +83,5 @@ def test_smoke_train_lowers_the_loss() -> None:
     phase2 = train_capstone(model, tok, CapstoneTrainConfig(steps=4, eval_every_steps=4, num_eval_requests=2, warmup_steps=1))
     uniform = math.log(len(tok))  # the loss of a model that knows nothing
     assert phase1["epochs"] == 3 and phase1["final_loss"] < 0.8 * uniform, phase1
-    assert phase2["final_loss"] < uniform and 0.0 <= phase2["held_out_accuracy"] <= 1.0, phase2
+    assert phase2["final_loss"] < uniform, phase2
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())

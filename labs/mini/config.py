@@ -89,8 +89,18 @@ def unsupported_reason(hf_config: dict) -> str | None:
 
 
 def mini_engine_unsupported_reason(model_dir: str | Path) -> str | None:
-    """`unsupported_reason` for a model folder (labs call it before building a mini engine)."""
-    return unsupported_reason(json.loads((Path(model_dir) / "config.json").read_text()))
+    """`unsupported_reason` for a model folder (labs call it before building a mini engine).
+
+    Args:
+        model_dir: the model's folder, or a hub id when the model is not on disk.
+
+    Returns:
+        One sentence, or None when the mini engine can run the model.
+    """
+    config_path = Path(model_dir) / "config.json"
+    if not config_path.is_file():
+        return f"the mini engine reads a local model folder, and {model_dir} is not one (vLLM would download it)"
+    return unsupported_reason(json.loads(config_path.read_text()))
 
 
 def default_device() -> str:

@@ -36,7 +36,14 @@ class StaleShippedModelError(WorkbookError):
 
 
 def read_key(model_dir: Path) -> str | None:
-    """The recipe key recorded in `model_dir/build_info.json`, or None if there is none."""
+    """The recipe key recorded in a model folder.
+
+    Args:
+        model_dir: a folder written by this module (or the shipped one).
+
+    Returns:
+        `key` from its build_info.json, or None when there is none.
+    """
     info = model_dir / "build_info.json"
     return json.loads(info.read_text(encoding="utf-8")).get("key") if info.is_file() else None
 
@@ -68,29 +75,46 @@ def save_model(model, tok, out_dir: Path, info: dict) -> None:
 
 
 def install_phrasebook(out_root: Path = WORKBOOK_MODELS_DIR, force: bool = False, log=print) -> Path:
-    """Copy the shipped tiny-phrasebook into `out_root` if its recipe key is today's.
+    """Make tiny-phrasebook ready in `out_root`: already there with today's key, or copied from the shipped files.
+
+    Args:
+        out_root: the models folder (the repository's `models/`).
+        force: copy even if an identical model is there.
+        log: where progress lines go.
+
+    Returns:
+        The model folder.
 
     Raises:
         StaleShippedModelError: the data, prompts, configs or build version changed since the
             shipped weights were trained; the message says how to retrain them.
     """
     expected, shipped = phrasebook_key(), read_key(SHIPPED_PHRASEBOOK_DIR)
+    out_dir = out_root / "tiny-phrasebook"
+    if not force and read_key(out_dir) == expected:  # installed, or retrained here by `train`
+        log(f"tiny-phrasebook: up to date in {out_dir}")
+        return out_dir
     if shipped != expected:
         raise StaleShippedModelError(
             f"The shipped tiny-phrasebook ({SHIPPED_PHRASEBOOK_DIR}) was trained from recipe key {shipped}, but "
             f"the data, prompts and configs give {expected} today (see labs/models/recipe.py). Retrain and replace "
             f"the shipped files with `{TRAIN_COMMAND}` (about 10 minutes on 2 cores), then commit them.")
-    out_dir = out_root / "tiny-phrasebook"
-    if not force and read_key(out_dir) == expected:
-        log(f"tiny-phrasebook: up to date in {out_dir}")
-        return out_dir
     _copy_atomically(SHIPPED_PHRASEBOOK_DIR, out_dir)
     log(f"tiny-phrasebook: installed the shipped weights into {out_dir} (recipe key {expected})")
     return out_dir
 
 
 def random_model(name: str, cfg: TinyModelConfig | TinyLlamaConfig, tok):
-    """A model with the architecture of `name` and random weights drawn from `cfg.seed`."""
+    """A model with the architecture of `name` and random weights drawn from `cfg.seed`.
+
+    Args:
+        name: "tiny-llama" gives a Llama model, anything else Qwen2 (tiny-phrasebook starts as one).
+        cfg: the shape and seed.
+        tok: the tokenizer (its size, end-of-turn and pad ids go into the config).
+
+    Returns:
+        The model in float32 (training and HF checks run in it; `save_model` stores bfloat16).
+    """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
@@ -106,7 +130,17 @@ def random_model(name: str, cfg: TinyModelConfig | TinyLlamaConfig, tok):
 
 
 def build_random(name: str, out_root: Path = WORKBOOK_MODELS_DIR, force: bool = False, log=print) -> Path:
-    """Generate `tiny-random` or `tiny-llama` from its seed, with the shipped tokenizer (seconds)."""
+    """Generate `tiny-random` or `tiny-llama` from its seed, with the shipped tokenizer (seconds).
+
+    Args:
+        name: "tiny-random" or "tiny-llama".
+        out_root: the models folder.
+        force: regenerate even if the folder holds today's key.
+        log: where progress lines go.
+
+    Returns:
+        The model folder.
+    """
     from transformers import PreTrainedTokenizerFast
 
     cfg = TinyLlamaConfig() if name == "tiny-llama" else TinyModelConfig()
@@ -125,6 +159,12 @@ def build_random(name: str, out_root: Path = WORKBOOK_MODELS_DIR, force: bool = 
 def build_model(name: str, out_root: Path = WORKBOOK_MODELS_DIR, force: bool = False, log=print) -> Path:
     """Make model `name` ready in `out_root/name`: the shipped weights, or generated from a seed.
 
+    Args:
+        name: one of MODEL_NAMES.
+        out_root: the models folder.
+        force: redo even if an identical build is there.
+        log: where progress lines go.
+
     Returns:
         The model folder.
     """
@@ -137,6 +177,15 @@ def build_model(name: str, out_root: Path = WORKBOOK_MODELS_DIR, force: bool = F
 
 def train_phrasebook_model(out_root: Path = WORKBOOK_MODELS_DIR, ship: bool = False, log=print) -> Path:
     """Train tiny-phrasebook from scratch into `out_root` (and into the shipped folder with `ship`).
+
+    Args:
+        out_root: the models folder; the result is `out_root/tiny-phrasebook`, which `install_phrasebook`
+            then keeps (its key is today's) even before the shipped files are replaced.
+        ship: also replace labs/models/shipped/tiny-phrasebook (to be committed with the recipe change).
+        log: where progress lines go.
+
+    Returns:
+        The model folder.
 
     Raises:
         RuntimeError: the model missed an accuracy target; nothing was saved.
@@ -155,7 +204,6 @@ def train_phrasebook_model(out_root: Path = WORKBOOK_MODELS_DIR, ship: bool = Fa
     log(f"Training tiny-phrasebook: the shipped build took {seconds / 60:.0f} minutes on the machine that made it "
         "(2 idle cores); each phase's bar shows its own estimate.")
     torch.set_num_threads(train_cfg.num_threads)
-    torch.manual_seed(model_cfg.seed)
     tok = train_tokenizer(out_root / "tokenizer")
     model = random_model("tiny-random", model_cfg, tok)
     info: dict = {"key": phrasebook_key(), "name": "tiny-phrasebook", "model": asdict(model_cfg)}

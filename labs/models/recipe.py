@@ -95,12 +95,15 @@ class CapstoneTrainConfig:
     # No early stop: the full schedule decays the learning rate, which settles the last sentences.
 
 
-def data_fingerprint(paragraph_counts: tuple[int, ...] = CapstoneTrainConfig.paragraph_counts) -> str:
+def data_fingerprint() -> str:
     """A hash over what training reads: the data files, and the prompts as the code renders them.
 
     Why the rendering and not the source files: the prompt code may be refactored or moved without
     changing a byte of what the model sees, and that must not invalidate the shipped weights; any
     change to a rendered prompt, a data file or the tokenizer's settings must.
+
+    Returns:
+        A sha256 hex digest.
     """
     from labs.models import capstone_format
     from labs.models.tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS, VOCAB_SIZE
@@ -111,7 +114,7 @@ def data_fingerprint(paragraph_counts: tuple[int, ...] = CapstoneTrainConfig.par
             h.update(path.name.encode() + path.read_bytes())
     rendered = {
         "lab1": [translation_messages(e.ja) for e in load_phrasebook()],
-        "capstone": capstone_format.held_out_requests(paragraph_counts),
+        "capstone": capstone_format.held_out_requests(CapstoneTrainConfig.paragraph_counts),
         "tokenizer": [CHAT_TEMPLATE, SPECIAL_TOKENS, VOCAB_SIZE],
     }
     h.update(json.dumps(rendered, ensure_ascii=False, sort_keys=True).encode())
@@ -132,7 +135,7 @@ def build_key(name: str, model_cfg: object, train_cfg: TrainConfig | None = None
         The key recorded as `key` in the model's `build_info.json`.
     """
     payload = {
-        "name": name, "version": BUILD_VERSION, "data": data_fingerprint(),  # random models too: their tokenizer is trained on it
+        "name": name, "version": BUILD_VERSION, "data": data_fingerprint(),  # random models too: the shipped tokenizer they use is built from it
         "model": asdict(model_cfg), "train": asdict(train_cfg) if train_cfg else None,
         "capstone": asdict(capstone_cfg) if capstone_cfg else None,
     }

@@ -45,7 +45,10 @@ def tp_unsupported_reason(model_dir: str | Path, tensor_parallel_size: int) -> s
     Returns:
         One sentence naming the head counts, or None when vLLM can split them.
     """
-    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    config_path = Path(model_dir) / "config.json"
+    if not config_path.is_file():  # a hub id vLLM will download: its own check speaks then
+        return None
+    config = json.loads(config_path.read_text(encoding="utf-8"))
     heads = config["num_attention_heads"]
     kv_heads = config.get("num_key_value_heads", heads)
     splits_kv = kv_heads % tensor_parallel_size == 0 if kv_heads >= tensor_parallel_size \
