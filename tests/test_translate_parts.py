@@ -107,6 +107,17 @@ def test_checks_catch_what_models_do_wrong() -> None:
     assert paragraph_problems("ありがとう、ありがとう。", "谢谢，谢谢。") == [], "short repeats are normal speech"
     assert paragraph_problems("パスポートを見せてください。パスポートを見せてください。",
                               "请出示您的护照。请出示您的护照。") == [], "a sentence the source says twice"
+    assert any("repeated phrase" in p for p in paragraph_problems("パスポートを見せてください。パスポートを見せてください。",
+                                                                   "请出示您的护照。请出示您的护照。请出示您的护照。")), \
+        "the source says it twice, the translation three times"
+    dashes = "――――――――――"
+    assert any("repeated phrase '缓存里的结果。'" in p for p in paragraph_problems(
+        f"第一章{dashes}キャッシュに保存された結果を再利用します。", f"第一章{dashes}重复利用保存在缓存里的结果。缓存里的结果。")), \
+        "a dash line in the source does not excuse a repeated clause"
+    assert paragraph_problems(f"第一章{dashes}結果を再利用します。", f"第一章{dashes}重复利用结果。") == [], \
+        "a dash line copied through is faithful"
+    assert "repetition loop" in paragraph_problems("結果を再利用します。", f"{dashes}重复利用结果。"), \
+        "a symbol run the source lacks"
     assert any("untranslated" in p for p in paragraph_problems("再起動しました。", "サーバーを再起動しました"))
     assert any("echoed" in p for p in paragraph_problems("サーバーを再起動しました。", "サーバーを再起動しました。服务器已经重启了。"))
     verdict = check_answer("[1] 服务器已经重启了。", ["サーバーを再起動しました。"], "length")

@@ -8,17 +8,22 @@ paragraphs merged or dropped (the [n] markers), or a reply cut off by the length
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 from labs.translate.prompt import OutputFormatError, parse_numbered
 
 _KANA = re.compile(r"[\u3040-\u309f\u30a0-\u30ff\uff66-\uff9f]")  # hiragana, katakana, half-width katakana
-_LOOP = re.compile(r"(.{2,40}?)\1{4,}", re.DOTALL)  # a 2-40 char unit repeated 5+ times in a row
-# A clause of 5+ characters said twice in a row ("缓存里的结果。缓存里的结果。"): how a model that
-# ran on past the end of its translation usually shows it; correct prose almost never does this,
-# unless the source says it twice too: then the repeat is faithful and is not held against it
-# (rejecting it made retries prefer answers that dropped the second sentence).
-_REPEATED_CLAUSE = re.compile(r"(.{5,}?)\1", re.DOTALL)
+# A 2-40 char unit repeated 5+ times in a row; a run of symbols that the source has as well
+# (a "――――――――――" line, "…………") is copied through, not a loop.
+_LOOP = re.compile(r"(.{2,40}?)\1{4,}", re.DOTALL)
+# A clause of 5+ characters said twice or more in a row ("缓存里的结果。缓存里的结果。"): how a model
+# that ran on past the end of its translation usually shows it; correct prose almost never does
+# this, unless the source repeats too. Rule (`repeated_phrase`): the translation may repeat text
+# as many times as the source repeats text (a sentence the source says twice is translated twice),
+# and a run of symbols (――――――――――, ……) as many times as the source has that run; one more
+# is a problem. Tested in tests/test_translate_parts.py::test_checks_catch_what_models_do_wrong.
+_REPEATED_CLAUSE = re.compile(r"(.{5,}?)\1+", re.DOTALL)
 MAX_KANA_SHARE = 0.1  # Chinese has no kana; a few may survive in names (ソニー) or quoted titles
 MAX_LENGTH_RATIO = 4.0  # Chinese output is rarely longer than its Japanese source in characters
 
@@ -45,15 +50,51 @@ def kana_share(text: str) -> float:
     return sum(bool(_KANA.match(c)) for c in chars) / len(chars) if chars else 0.0
 
 
+def _is_symbols(unit: str) -> bool:
+    return not any(c.isalnum() for c in unit)
+
+
+def _repeat_counts(text: str) -> tuple[Counter[object], dict[object, str]]:
+    """Extra copies of each repeated unit in `text`, keyed "text" for words, by character set for symbols."""
+    counts: Counter[object] = Counter()
+    units: dict[object, str] = {}
+    for match in _REPEATED_CLAUSE.finditer(text):
+        unit = match.group(1)
+        key = frozenset(unit) if _is_symbols(unit) else "text"
+        counts[key] += len(match.group(0)) // len(unit) - 1
+        units.setdefault(key, unit)
+    return counts, units
+
+
+def repeated_phrase(source: str, translation: str) -> str | None:
+    """A unit the translation repeats more often than the source repeats its counterpart, else None.
+
+    Japanese and Chinese clauses cannot be matched up here, so text is counted as a whole: every
+    extra copy of a clause in the translation needs one in the source. Symbol runs (――, ……) are
+    copied through, so they are matched by their characters: a dash line in the source excuses
+    the same dash line in the translation, not a repeated sentence.
+
+    Args:
+        source: the Japanese paragraph.
+        translation: its translation.
+
+    Returns:
+        The first unit repeated beyond what the source repeats (for the problem message), or None.
+    """
+    source_counts, _ = _repeat_counts(source)
+    counts, units = _repeat_counts(translation)
+    return next((units[key] for key in counts if counts[key] > source_counts[key]), None)
+
+
 def paragraph_problems(source: str, translation: str) -> list[str]:
     """What is wrong with one paragraph's translation (empty list: nothing detected)."""
     if not translation.strip():
         return ["empty translation"]
     problems = []
-    if _LOOP.search(translation):
+    if any(not _is_symbols(m.group(1)) or m.group(0) not in source for m in _LOOP.finditer(translation)):
         problems.append("repetition loop")
-    elif (match := _REPEATED_CLAUSE.search(translation)) and not _REPEATED_CLAUSE.search(source):
-        problems.append(f"repeated phrase {match.group(1)!r}")
+    elif (unit := repeated_phrase(source, translation)) is not None:
+        problems.append(f"repeated phrase {unit!r}")
     if kana_share(translation) > MAX_KANA_SHARE:
         problems.append(f"Japanese left untranslated ({kana_share(translation):.0%} kana)")
     if len(source) >= 8 and source in translation:
