@@ -263,3 +263,46 @@ def test_fresh_out_dir_empties_its_own_folder_and_moves_anything_else_aside(tmp_
     assert moved is not None and (moved / "book_zh.txt").read_text(encoding="utf-8") == "hours of work"
     with pytest.raises(NotADirectoryError, match="is a file"):
         fresh_out_dir(moved / "book_zh.txt")
+
+
+# --- the pipeline with a fake model (no server) -------------------------------------------------
+
+def fake_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reject: set[str], allow_partial: bool = False):
+    """Run the real pipeline on a 3-paragraph document; the fake model 'translates' by prefixing
+    "译", and rejects every paragraph in `reject`. Returns (job result, number of journal parses)."""
+    from labs.translate import pipeline, run
+    from labs.translate.endpoint import Endpoint, TokenCounter
+    from labs.translate.journal import Journal
+    from labs.translate.remedy import ChunkOutcome
+    from labs.translate.request import Attempt, NoAcceptableAnswerError
+
+    async def fake_translate(client, model, request, temperature, retry, first_attempt):  # noqa: ANN001, ANN202
+        sources = [s.text for s in request.segments]
+        attempt = Attempt(text="x", number=first_attempt)
+        if set(sources) & reject:
+            raise NoAcceptableAnswerError("no acceptable translation after 1 attempt", [attempt])
+        return ChunkOutcome(["译" + s for s in sources], [attempt], [attempt], False)
+
+    parses = []
+    entries = Journal._entries
+    monkeypatch.setattr(Journal, "_entries", lambda self: parses.append(self.path) or entries(self))
+    monkeypatch.setattr(pipeline, "translate_planned_chunk", fake_translate)
+    counter = TokenCounter(len, lambda messages: sum(len(m["content"]) for m in messages), "len")
+    monkeypatch.setattr(run, "connect", lambda *a, **k: Endpoint("http://127.0.0.1:9", "fake", 4096, None, None))
+    monkeypatch.setattr(run, "token_counter", lambda endpoint: counter)
+    doc = tmp_path / "doc.txt"
+    doc.write_text("一です。\n\n二です。\n\n三です。\n", encoding="utf-8")
+    config = pipeline.TranslateConfig(out_dir=tmp_path / "out", progress=False, max_chunk_paragraphs=1,
+                                      allow_partial=allow_partial)
+    return run.run_job([doc], config), len(parses)
+
+
+def test_the_journal_is_read_once_per_document_per_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    job, parses = fake_job(tmp_path, monkeypatch, reject={"二です。"})
+    assert job.documents[0].status == "failed" and parses == 1
+    job, parses = fake_job(tmp_path, monkeypatch, reject=set())
+    doc = job.documents[0]
+    assert doc.status == "translated" and doc.num_chunks_resumed == 2 and parses == 1
+    assert doc.paths.translation.read_text(encoding="utf-8") == "译一です。\n\n译二です。\n\n译三です。\n"
+    job, parses = fake_job(tmp_path, monkeypatch, reject=set())
+    assert job.documents[0].status == "already done" and parses == 1

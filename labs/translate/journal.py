@@ -44,6 +44,21 @@ class ChunkRecord:
     problems: list[str]
 
 
+@dataclass
+class JournalState:
+    """What one read of a journal says (read once per document per run, then kept up to date).
+
+    Attributes:
+        current: a journal of this plan exists (possibly with nothing finished yet).
+        records: the chunks finished under this plan.
+        attempts_used: per unfinished chunk, how many attempts earlier runs used on it.
+    """
+
+    current: bool
+    records: dict[int, ChunkRecord]
+    attempts_used: dict[int, int]
+
+
 class Journal:
     """One document's journal file (see the module docstring)."""
 
@@ -71,21 +86,27 @@ class Journal:
                 continue  # a torn last line from a killed run: that chunk is simply redone
         return entries
 
+    def read(self) -> JournalState:
+        """Parse the file once: whether it is of this plan, its finished chunks, its failed chunks' attempts."""
+        entries = self._entries()
+        records = {e["chunk_index"]: ChunkRecord(**e) for e in entries or [] if "chunk_index" in e}
+        used: dict[int, int] = {}
+        for e in entries or []:
+            if "failed_chunk" in e:
+                used[e["failed_chunk"]] = max(used.get(e["failed_chunk"], 0), e["next_attempt"])
+        return JournalState(entries is not None, records, used)
+
     def is_current(self) -> bool:
         """A journal of this plan exists (possibly with nothing finished yet)."""
-        return self._entries() is not None
+        return self.read().current
 
     def load(self) -> dict[int, ChunkRecord]:
         """The chunks already finished under this plan (empty when the plan changed or none are)."""
-        return {e["chunk_index"]: ChunkRecord(**e) for e in self._entries() or [] if "chunk_index" in e}
+        return self.read().records
 
     def attempts_used(self) -> dict[int, int]:
         """Per unfinished chunk, how many attempts earlier runs used on it (its next attempt's number)."""
-        used: dict[int, int] = {}
-        for e in self._entries() or []:
-            if "failed_chunk" in e:
-                used[e["failed_chunk"]] = max(used.get(e["failed_chunk"], 0), e["next_attempt"])
-        return used
+        return self.read().attempts_used
 
     def start(self, reset: bool) -> None:
         """Write the header (fresh journal) unless resuming an existing one under the same plan."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from labs.translate.journal import Journal
+from labs.translate.journal import ChunkRecord
 from labs.translate.outputs import DocumentLog, assemble, write_outputs
 from labs.translate.request import NoAcceptableAnswerError
 
@@ -28,7 +28,8 @@ def why_unresolved(exc: NoAcceptableAnswerError) -> str:
 
 
 def settle_unfinished(plan: DocumentPlan, result: DocumentResult, log: DocumentLog,
-                      failed: dict[int, BaseException], allow_partial: bool) -> DocumentResult:
+                      failed: dict[int, BaseException], allow_partial: bool,
+                      records: dict[int, ChunkRecord]) -> DocumentResult:
     """Record how an unfinished document ends, and write it as "partial" when allowed and possible.
 
     Why only content failures may go partial: a chunk that no answer passed is a fact about
@@ -40,6 +41,7 @@ def settle_unfinished(plan: DocumentPlan, result: DocumentResult, log: DocumentL
         log: its log, which gets the verdict and what to do next.
         failed: chunk index -> what its request raised.
         allow_partial: write the document with the unresolved chunks' source kept.
+        records: the chunks finished so far (earlier runs and this one).
 
     Returns:
         `result`, with status "failed" or "partial".
@@ -56,7 +58,6 @@ def settle_unfinished(plan: DocumentPlan, result: DocumentResult, log: DocumentL
         return result
     reasons = {s.paragraph_index: why_unresolved(content[c.index])
                for c in plan.chunks if c.index in content for s in plan.segments[c.start:c.end]}
-    records = Journal(result.paths.journal, plan.plan_id).load()
     write_outputs(result.paths, plan.doc.path.name, list(plan.doc.paragraphs), assemble(plan, records), reasons)
     result.status, result.unresolved = "partial", [i + 1 for i in sorted(reasons)]
     log.write(f"=== partial: {result.paths.translation} written with paragraph(s) "

@@ -22,7 +22,7 @@ from typing import Any
 from labs.serve.config import REPO_ROOT
 from labs.translate.chunking import ChunkBudget, Chunk, Segment, make_segments, plan_chunks, source_budget
 from labs.translate.endpoint import Endpoint, TokenCounter
-from labs.translate.journal import ChunkRecord, Journal
+from labs.translate.journal import ChunkRecord, Journal, JournalState
 from labs.translate.outputs import DocumentLog, OutputPaths, assemble, write_outputs
 from labs.translate.partial import settle_unfinished
 from labs.translate.prompt import PromptTemplate
@@ -179,8 +179,9 @@ class Job:
                             disable=not config.progress, position=0)
         self.tqdm = tqdm
 
-    async def chunk(self, plan: DocumentPlan, chunk: Chunk, journal: Journal, log: DocumentLog,
-                    result: DocumentResult, bar: Any, first_attempt: int) -> None:
+    async def chunk(self, plan: DocumentPlan, chunk: Chunk, journal: Journal, state: JournalState,
+                    log: DocumentLog, result: DocumentResult, bar: Any) -> None:
+        first_attempt = state.attempts_used.get(chunk.index, 0)
         segments = plan.segments[chunk.start:chunk.end]
         sources = [s.text for s in segments]
         context = [s.text for s in plan.segments[chunk.context_start:chunk.start]]
@@ -199,11 +200,13 @@ class Job:
                 raise
         result.attempts += outcome.attempts
         kept = outcome.accepted
+        kept_ids = {id(a) for a in kept}  # by identity: two attempts may have equal fields
         record = ChunkRecord(chunk.index, outcome.translations, sum(a.num_prompt_tokens for a in kept),
                              sum(a.num_output_tokens for a in kept), round(sum(a.latency for a in kept), 4),
                              round(kept[0].ttft, 4), len(outcome.attempts),
-                             [", ".join(a.verdict.problems) for a in outcome.attempts if a not in kept])
+                             [", ".join(a.verdict.problems) for a in outcome.attempts if id(a) not in kept_ids])
         journal.append(record)  # journaled before anything else: from here on it survives a kill
+        state.records[chunk.index] = record
         how = (f" (after {first_attempt} in earlier runs)" if first_attempt else "") + (
             ", one sentence per request" if outcome.by_sentence else "")
         log.chunk(chunk.index + 1, len(plan.chunks), plan.label(chunk), context, sources, record,
@@ -211,29 +214,38 @@ class Job:
         bar.update()
         self.overall.update()
 
-    async def document(self, plan: DocumentPlan, result: DocumentResult) -> DocumentResult:
+    async def document(self, plan: DocumentPlan, result: DocumentResult,
+                       state: JournalState | None = None) -> DocumentResult:
+        """Translate what the journal lacks and write the outputs.
+
+        Args:
+            plan: the document's plan.
+            result: its result, filled in here.
+            state: its journal as read before this run (None: read it here); it is the only
+                read: chunks finished in this run are added to `state.records` as journaled.
+        """
         async with self.files:
             paths = result.paths
             journal = Journal(paths.journal, plan.plan_id)
-            records, attempts_used = journal.load(), journal.attempts_used()
+            state = state or journal.read()
+            records = state.records
             result.num_chunks_resumed = len(records)
             self.overall.update(len(records))
-            journal.start(reset=not journal.is_current())
+            journal.start(reset=not state.current)
             log = DocumentLog(paths.log)
             self.tqdm.write(f"{plan.doc.name}: log {paths.log}")
-            log.run_header(run_lines(plan, self.endpoint, self.counter, len(records), len(attempts_used)),
+            log.run_header(run_lines(plan, self.endpoint, self.counter, len(records), len(state.attempts_used)),
                            plan.template.shared_messages(), plan.num_shared_tokens)
             todo = [c for c in plan.chunks if c.index not in records]
             bar = self.tqdm(total=len(plan.chunks), initial=len(records), desc=plan.doc.name[:24], unit="chunk",
                             leave=False, disable=not self.config.progress)
-            outcomes = await asyncio.gather(*(self.chunk(plan, c, journal, log, result, bar,
-                                                         attempts_used.get(c.index, 0)) for c in todo),
+            outcomes = await asyncio.gather(*(self.chunk(plan, c, journal, state, log, result, bar) for c in todo),
                                             return_exceptions=True)  # one failure must not cancel the others
             bar.close()
             failed = {c.index: o for c, o in zip(todo, outcomes) if isinstance(o, BaseException)}
             if failed:
-                return settle_unfinished(plan, result, log, failed, self.config.allow_partial)
-            write_outputs(paths, plan.doc.path.name, list(plan.doc.paragraphs), assemble(plan, journal.load()))
+                return settle_unfinished(plan, result, log, failed, self.config.allow_partial, records)
+            write_outputs(paths, plan.doc.path.name, list(plan.doc.paragraphs), assemble(plan, records))
             log.write(f"=== done: {paths.translation} ===")
             result.status = "translated"
             return result
@@ -256,18 +268,25 @@ def run_lines(plan: DocumentPlan, endpoint: Endpoint, counter: TokenCounter, num
 
 
 async def translate_plans(plans: list[DocumentPlan], results: list[DocumentResult], endpoint: Endpoint,
-                          counter: TokenCounter, config: TranslateConfig) -> None:
+                          counter: TokenCounter, config: TranslateConfig,
+                          states: list[JournalState] | None = None) -> None:
     job = Job(endpoint, counter, config, sum(len(p.chunks) for p in plans))
     try:
-        await asyncio.gather(*(job.document(p, r) for p, r in zip(plans, results)))
+        await asyncio.gather(*(job.document(p, r, s) for p, r, s in zip(plans, results, states or [None] * len(plans))))
     finally:
         job.overall.close()
         await job.client.close()
 
 
-def is_finished(plan: DocumentPlan, paths: OutputPaths) -> bool:
-    """Every chunk journaled under this plan and both outputs written: nothing to do."""
-    records = Journal(paths.journal, plan.plan_id).load()
+def is_finished(plan: DocumentPlan, paths: OutputPaths, state: JournalState | None = None) -> bool:
+    """Every chunk journaled under this plan and both outputs written: nothing to do.
+
+    Args:
+        plan: the document's plan.
+        paths: its outputs.
+        state: its journal, already read (None: read it here).
+    """
+    records = (state or Journal(paths.journal, plan.plan_id).read()).records
     return len(records) == len(plan.chunks) and paths.translation.exists() and paths.bilingual.exists()
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from labs.translate.endpoint import Endpoint, connect, token_counter
+from labs.translate.journal import Journal
 from labs.translate.outputs import OutputPaths
 from labs.translate.pipeline import (DocumentResult, TranslateConfig, is_finished, make_plan,
                                      translate_plans)
@@ -140,7 +141,7 @@ def run_job(inputs: list[Path], config: TranslateConfig | None = None, *, base_u
     endpoint = connect(base_url, model, api_key, default_max_model_len=max_model_len)
     counter = token_counter(endpoint)
     template = PromptTemplate.load(preface_file, glossary_file, examples_file)
-    results, plans, todo = [], [], []
+    results, plans, todo, states = [], [], [], []
     for path, name in zip(files, output_names(files)):
         paths = OutputPaths.for_document(config.out_dir, name)
         try:
@@ -150,13 +151,15 @@ def run_job(inputs: list[Path], config: TranslateConfig | None = None, *, base_u
             results.append(DocumentResult(name, path, "failed", error=str(exc), paths=paths))
             continue
         plan = make_plan(doc, template, counter, endpoint, config)
-        status = "already done" if is_finished(plan, paths) else "pending"
+        state = Journal(paths.journal, plan.plan_id).read()  # the one read of this run: the pipeline keeps it current
+        status = "already done" if is_finished(plan, paths, state) else "pending"
         result = DocumentResult(name, path, status, len(plan.chunks), paths=paths)
         results.append(result)
         if status == "pending":
             plans.append(plan)
             todo.append(result)
+            states.append(state)
     start = time.perf_counter()
     if plans:
-        run_sync(translate_plans(plans, todo, endpoint, counter, config))
+        run_sync(translate_plans(plans, todo, endpoint, counter, config, states))
     return JobResult(results, endpoint, time.perf_counter() - start)
