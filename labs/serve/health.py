@@ -125,19 +125,41 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def port_owner(port: int) -> str | None:
-    """'pid 123 (python3)' for the process listening on `port`, if this user may see it."""
+def port_listener(port: int) -> tuple[int | None, str] | None:
+    """The process listening on TCP `port`, as far as this user may see it.
+
+    Args:
+        port: the TCP port.
+
+    Returns:
+        (its pid, its command line, or its name if that is empty); (None, "") if something
+        listens there that this user cannot see, or if the OS does not list connections to this
+        user (macOS without root); None if nothing listens.
+    """
     try:
-        connections = psutil.net_connections(kind="inet")
+        connections = psutil.net_connections(kind="tcp")
     except (psutil.AccessDenied, OSError):
+        return None, ""
+    listeners = [c for c in connections if c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN]
+    if not listeners:
         return None
-    for conn in connections:
-        if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
-            try:
-                return f"pid {conn.pid} ({' '.join(psutil.Process(conn.pid).cmdline())[:80]})"
-            except psutil.Error:
-                return f"pid {conn.pid}"
-    return None
+    pid = next((c.pid for c in listeners if c.pid), None)
+    if pid is None:
+        return None, ""
+    try:
+        process = psutil.Process(pid)
+        return pid, " ".join(process.cmdline()) or process.name()
+    except psutil.Error:  # it ended meanwhile, or is not ours to read
+        return pid, ""
+
+
+def port_owner(port: int) -> str | None:
+    """'pid 123 (python3 ...)' for the process listening on `port`, if this user may see it."""
+    listener = port_listener(port)
+    if listener is None or listener[0] is None:
+        return None
+    pid, command = listener
+    return f"pid {pid} ({command[:80]})" if command else f"pid {pid}"
 
 
 def find_free_port(host: str = "127.0.0.1") -> int:

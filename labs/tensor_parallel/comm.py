@@ -135,9 +135,10 @@ def listen_for_debugger(rank: int, who: str) -> int:
     Why the debug adapter runs inside this process (`in_process_debug_adapter=True`): by default
     `debugpy.listen` spawns a separate adapter process that owns the port, daemonised out of this
     process group, and that adapter lives on after this process dies for as long as any debugger
-    is still connected to it. Stopping a session (VS Code kills the debuggee's process group) then
-    left the ports taken, and the next launch failed with "Address already in use". In-process,
-    the port closes with this process however it ends, kill -9 included. What that gives up,
+    is still connected to it. Stopping a session (VS Code kills the debuggee's process group) would
+    leave the ports taken, and the next launch would fail with "Address already in use". The rule:
+    the port closes with this process however it ends, kill -9 included (tests/test_tp_debug_ports.py
+    stops a real session and launches again on the same ports). What in-process gives up,
     following spawned subprocesses, is off here anyway (`subProcess=False`).
 
     Args:

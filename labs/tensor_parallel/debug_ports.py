@@ -1,23 +1,21 @@
 """The debugger ports of tensor-parallel ranks: which port a rank uses, and who holds it if it is taken.
 
-Why a check before listening: a port held by another process (a debugpy adapter left behind by an
-earlier debug session, an old run still waiting for its debugger, anything else) made the next
-launch die deep in vLLM's worker start-up with "Address already in use", and made a listener in
-the debuggee's own process (see `comm.listen_for_debugger`) wait forever. Checked first, in the
-process that starts the ranks or the engine, the learner reads one sentence naming the holder
-(pid, command) and how to end it.
+The rule: a rank's debugger port is checked before anything listens on it, in the process that
+starts the ranks or the engine, and a taken one is refused with one sentence naming the holder
+(pid, command) and how to end it. Unchecked, a port held by another process (a debugpy adapter
+left by an earlier debug session, an old run still waiting for its debugger, anything else) ends
+the launch deep in vLLM's worker start-up with "Address already in use", and a listener in the
+debuggee's own process (see `comm.listen_for_debugger`) waits forever. tests/test_tp_debug_ports.py
+checks both paths with a real foreign listener.
 """
 
 from __future__ import annotations
 
-import errno
 import os
-import socket
 from dataclasses import dataclass
 
-import psutil
-
 from labs.errors import WorkbookError
+from labs.serve import health
 
 DEBUG_HOST = "127.0.0.1"
 DEBUG_BASE_PORT_ENV = "WORKBOOK_DEBUG_BASE_PORT"
@@ -54,7 +52,7 @@ def debug_port(rank: int) -> int:
 
 
 def port_is_free(port: int, host: str = DEBUG_HOST) -> bool:
-    """Whether a listener could bind `host:port` now.
+    """Whether a listener could bind `host:port` now (`labs.serve.health.port_is_free`).
 
     SO_REUSEADDR as debugpy's listener sets it: connections of an ended session that linger in
     TIME_WAIT do not block a new listener, only a live one does, so only a live one is reported.
@@ -66,19 +64,11 @@ def port_is_free(port: int, host: str = DEBUG_HOST) -> bool:
     Returns:
         True if a bind succeeded (the probe socket is closed again at once).
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                return False
-            raise
-    return True
+    return health.port_is_free(host, port)
 
 
 def port_holder(port: int) -> PortHolder | None:
-    """Find the process listening on TCP `port`.
+    """Find the process listening on TCP `port` (`labs.serve.health.port_listener`).
 
     Args:
         port: the TCP port.
@@ -87,20 +77,10 @@ def port_holder(port: int) -> PortHolder | None:
         Its holder; a holder with pid None if something listens there that this user cannot see;
         None if nothing listens.
     """
-    try:
-        connections = psutil.net_connections(kind="tcp")
-    except psutil.AccessDenied:  # macOS without root: the port is taken, the holder unknown
-        return PortHolder(None, "")
-    listeners = [c for c in connections if c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN]
-    if not listeners:
+    listener = health.port_listener(port)
+    if listener is None:
         return None
-    pid = next((c.pid for c in listeners if c.pid), None)
-    if pid is None:
-        return PortHolder(None, "")
-    try:
-        command = " ".join(psutil.Process(pid).cmdline()) or psutil.Process(pid).name()
-    except psutil.Error:  # it ended meanwhile, or is not ours to read
-        command = ""
+    pid, command = listener
     return PortHolder(pid, command if len(command) <= 160 else command[:157] + "...")
 
 
