@@ -306,3 +306,24 @@ def test_the_journal_is_read_once_per_document_per_run(tmp_path: Path, monkeypat
     assert doc.paths.translation.read_text(encoding="utf-8") == "译一です。\n\n译二です。\n\n译三です。\n"
     job, parses = fake_job(tmp_path, monkeypatch, reject=set())
     assert job.documents[0].status == "already done" and parses == 1
+
+
+def test_a_failed_rerun_moves_an_earlier_partial_output_aside(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--allow-partial writes a partial document; a rerun without it that still fails must not leave
+    that `_zh.txt` in place (it looks finished) while saying "no output": it is moved aside, not deleted."""
+    job, _ = fake_job(tmp_path, monkeypatch, reject={"二です。"}, allow_partial=True)
+    doc = job.documents[0]
+    assert doc.status == "partial" and doc.unresolved == [2]
+    partial_text = doc.paths.translation.read_text(encoding="utf-8")
+    assert partial_text == "译一です。\n\n二です。\n\n译三です。\n"
+    job, _ = fake_job(tmp_path, monkeypatch, reject={"二です。"})
+    doc = job.documents[0]
+    assert doc.status == "failed" and not doc.paths.translation.exists() and not doc.paths.bilingual.exists()
+    assert [p.name.split(".partial-")[0] for p in doc.moved_aside] == ["doc_zh", "doc_bilingual"]
+    assert doc.moved_aside[0].read_text(encoding="utf-8") == partial_text
+    assert "no output" in job.advice() and str(doc.moved_aside[0]) in job.advice()
+    assert "moved aside" in doc.paths.log.read_text(encoding="utf-8")
+    job, _ = fake_job(tmp_path, monkeypatch, reject={"二です。"})
+    assert job.documents[0].moved_aside == [], "nothing partial left to move"
+    job, _ = fake_job(tmp_path, monkeypatch, reject=set())
+    assert job.documents[0].status == "translated" and job.advice() == ""

@@ -54,6 +54,7 @@ def assemble(plan: DocumentPlan, records: dict[int, ChunkRecord]) -> list[str]:
 
 
 UNTRANSLATED_FLAG = "⚠ NOT TRANSLATED (source kept)"
+PARTIAL_NOTE = "> **Partial translation**"  # heads the bilingual file of a partial document
 
 
 def bilingual_markdown(title: str, sources: list[str], translations: list[str],
@@ -66,7 +67,7 @@ def bilingual_markdown(title: str, sources: list[str], translations: list[str],
     note = []
     if unresolved:
         numbers = ", ".join(str(i + 1) for i in sorted(unresolved))
-        note = [f"> **Partial translation**: paragraph(s) {numbers} got no acceptable translation and are kept "
+        note = [f"{PARTIAL_NOTE}: paragraph(s) {numbers} got no acceptable translation and are kept "
                 "in Japanese (flagged below). Rerun the same command to retry them.", ""]
     return "\n".join([f"# {title}", "", *note, "| # | 日本語 | 中文 |", "|---:|---|---|", *rows, ""])
 
@@ -84,6 +85,30 @@ def write_outputs(paths: OutputPaths, title: str, sources: list[str], translatio
     """
     atomic_write_text(paths.translation, "\n\n".join(translations) + "\n")
     atomic_write_text(paths.bilingual, bilingual_markdown(title, sources, translations, unresolved))
+
+
+def move_aside_partial(paths: OutputPaths) -> list[Path]:
+    """Rename a partial document's outputs left by an earlier run, so no `_zh.txt` stays behind
+    that looks finished while the run reports the document as failed. Moved, not deleted: they
+    are the user's files (and every translated chunk of them is in the journal as well).
+
+    Args:
+        paths: the document's outputs.
+
+    Returns:
+        Where they went (`<name>_zh.partial-<time>.txt`, ...), or [] when there was no partial output.
+    """
+    bilingual = paths.bilingual.read_text(encoding="utf-8") if paths.bilingual.is_file() else ""
+    if PARTIAL_NOTE not in bilingual:
+        return []
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    moved = []
+    for path in (paths.translation, paths.bilingual):
+        if path.exists():
+            target = path.with_name(f"{path.stem}.partial-{stamp}{path.suffix}")
+            path.rename(target)
+            moved.append(target)
+    return moved
 
 
 class DocumentLog:
@@ -134,9 +159,10 @@ def fresh_out_dir(path: Path) -> Path | None:
     """Make `path` an empty output folder, for runs that must translate everything (measurements).
 
     Why: a rerun into a folder with journals skips every finished chunk (that is what resuming
-    means), so a measurement run twice measured nothing the second time. A folder this function
-    made before carries a marker and is emptied; any other non-empty folder is moved aside, not
-    deleted, since it may hold someone's finished translations.
+    means), so a measurement must start from an empty folder to measure the same work each time.
+    Rule: a folder this function made carries a marker and is emptied; any other non-empty folder
+    is moved aside, not deleted, since it may hold someone's finished translations (test:
+    tests/test_translate_parts.py::test_fresh_out_dir_empties_its_own_folder_and_moves_anything_else_aside).
 
     Args:
         path: the folder (created if missing).

@@ -6,6 +6,8 @@ the other 149. Why it is opt-in (`TranslateConfig.allow_partial`, `--allow-parti
 document keeps the source text of its unresolved paragraphs, flags them in the bilingual file
 and the log, and has its own status (and exit status 3 from the CLI); it is never reported as
 done, and a rerun retries exactly those chunks and replaces the files once all are translated.
+A run that ends "failed" moves a partial output of an earlier run aside (renamed, never deleted),
+so that no `_zh.txt` is left next to a document reported as having no output.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from labs.translate.journal import ChunkRecord
-from labs.translate.outputs import DocumentLog, assemble, write_outputs
+from labs.translate.outputs import DocumentLog, assemble, move_aside_partial, write_outputs
 from labs.translate.request import NoAcceptableAnswerError
 
 if TYPE_CHECKING:
@@ -37,7 +39,8 @@ def settle_unfinished(plan: DocumentPlan, result: DocumentResult, log: DocumentL
 
     Args:
         plan: the document's plan.
-        result: its result so far (status, error, unresolved and content_failures are set here).
+        result: its result so far (status, error, unresolved, content_failures and moved_aside
+            are set here).
         log: its log, which gets the verdict and what to do next.
         failed: chunk index -> what its request raised.
         allow_partial: write the document with the unresolved chunks' source kept.
@@ -51,6 +54,13 @@ def settle_unfinished(plan: DocumentPlan, result: DocumentResult, log: DocumentL
     result.error = f"{len(failed)} chunk(s) failed: {next(iter(failed.values()))}"
     if not (allow_partial and len(content) == len(failed)):
         result.status = "failed"
+        # A failed document has no output: a partial one from an earlier --allow-partial run is
+        # moved aside, so the files agree with the status (test: tests/test_translate_parts.py::
+        # test_a_failed_rerun_moves_an_earlier_partial_output_aside).
+        result.moved_aside = move_aside_partial(result.paths)
+        if result.moved_aside:
+            log.write(f"=== the partial output of an earlier run was moved aside: "
+                      f"{', '.join(map(str, result.moved_aside))} ===")
         hint = ", or add --allow-partial to write the document now with them kept in Japanese and flagged" \
             if content and not allow_partial else ""
         log.write(f"=== incomplete: {result.error}; finished chunks are journaled. Rerun the same command to retry "

@@ -149,6 +149,7 @@ class DocumentResult:
         unresolved: paragraph numbers (1-based) kept untranslated in a partial document.
         content_failures: chunks that got no acceptable answer (a rerun or --allow-partial helps).
         attempts: every request this run sent for the document (for timings and plots).
+        moved_aside: a failed document's outputs from an earlier partial run, renamed (not deleted).
     """
 
     name: str
@@ -161,6 +162,7 @@ class DocumentResult:
     attempts: list[Attempt] = field(default_factory=list)
     unresolved: list[int] = field(default_factory=list)
     content_failures: int = 0
+    moved_aside: list[Path] = field(default_factory=list)
 
 
 class Job:

@@ -3,10 +3,11 @@
 Why a second remedy: adjusted sampling (labs.translate.request) fixes answers that went wrong by
 chance. Some inputs go wrong under every seed: `tiny-phrasebook`, asked for a paragraph of two
 phrasebook sentences, can answer the second sentence twice (`repeated phrase '您结婚了吗？'`) at
-any temperature. Such a chunk blocked its document for good, because a rerun replayed the same
-attempts. So a chunk that an earlier run could not translate is retried with a different INPUT:
-each sentence in a request of its own (with the sentences before it as context), the smallest
-unit the planner knows, and with the next seeds of its attempt sequence.
+any temperature, so replaying a chunk's attempts cannot help it. Rule: a chunk that an earlier
+run could not translate is retried with a different INPUT: each sentence in a request of its own
+(with the sentences before it as context), the smallest unit the planner knows, and with the next
+seeds of its attempt sequence (test: tests/test_translate.py::
+test_a_rerun_continues_a_rejected_chunks_attempts_and_finishes).
 """
 
 from __future__ import annotations

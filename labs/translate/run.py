@@ -57,9 +57,11 @@ class JobResult:
     def advice(self) -> str:
         """What the user should do next, in words ("" when everything is translated).
 
-        Why spelled out: "incomplete, rerun" alone once sent users into reruns that replayed the
-        same rejected answers; now a rerun tries new seeds one sentence per request, and
-        --allow-partial gets the document at once with the unresolved paragraphs flagged.
+        Rule: each unfinished state names its next step and what that step does differently: a
+        rerun retries rejected chunks with new seeds, one sentence per request; --allow-partial
+        writes the document now with the unresolved paragraphs flagged; partial output moved aside
+        is named. Tests: tests/test_translate.py::test_a_rerun_continues_a_rejected_chunks_attempts_and_finishes,
+        tests/test_translate_parts.py::test_a_failed_rerun_moves_an_earlier_partial_output_aside.
         """
         partial = [d for d in self.documents if d.status == "partial"]
         failed = [d for d in self.documents if d.status == "failed"]
@@ -74,6 +76,10 @@ class JobResult:
             lines.append(f"INCOMPLETE: {len(failed)} document(s) have no output (see above and their logs). Rerun the "
                          "same command to resume: finished chunks are skipped, rejected ones are retried with new "
                          "seeds, one sentence per request.")
+        moved = [p for d in failed for p in d.moved_aside]
+        if moved:
+            lines.append("Partial output of an earlier --allow-partial run, moved aside (paragraphs in it are NOT "
+                         f"translated): {', '.join(map(str, moved))}.")
         if stuck:
             lines.append(f"{stuck} chunk(s) got no acceptable translation: to get those documents now, with the "
                          "paragraphs kept in Japanese and flagged, add --allow-partial (code: "
