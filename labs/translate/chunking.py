@@ -106,7 +106,15 @@ def source_budget(max_model_len: int, num_shared_tokens: int, num_document_token
 
 
 def split_sentences(text: str) -> list[str]:
-    """`text` cut after each sentence end (。！？!?); text without one is a single sentence."""
+    """`text` cut after each sentence end (。！？!?); text without one is a single sentence.
+
+    Args:
+        text: a paragraph or segment.
+
+    Returns:
+        Its sentences, in order, each with its end mark; blank pieces are dropped, and `text`
+        itself when nothing else is left.
+    """
     return [s for s in _SENTENCE_END.split(text) if s.strip()] or [text]
 
 

@@ -43,6 +43,13 @@ def assemble(plan: DocumentPlan, records: dict[int, ChunkRecord]) -> list[str]:
     """One translation per source paragraph: the segments of a split paragraph are rejoined.
 
     A chunk without a record (a partial document) contributes its source text instead.
+
+    Args:
+        plan: the document's plan (its paragraphs, segments and chunks).
+        records: chunk index -> its journaled translation.
+
+    Returns:
+        One string per paragraph of `plan.doc`, in order.
     """
     by_paragraph: list[list[str]] = [[] for _ in plan.doc.paragraphs]
     for chunk in plan.chunks:
@@ -59,7 +66,17 @@ PARTIAL_NOTE = "> **Partial translation**"  # heads the bilingual file of a part
 
 def bilingual_markdown(title: str, sources: list[str], translations: list[str],
                        unresolved: dict[int, str] | None = None) -> str:
-    """The review table; each paragraph in `unresolved` (index -> why) is flagged in its row."""
+    """The review table; each paragraph in `unresolved` (index -> why) is flagged in its row.
+
+    Args:
+        title: the heading (the source file's name).
+        sources / translations: one per paragraph.
+        unresolved: paragraph index (0-based) -> why it has no translation; any makes the file
+            start with `PARTIAL_NOTE`.
+
+    Returns:
+        The Markdown text, one table row per paragraph.
+    """
     unresolved = unresolved or {}
     rows = [f"| {i} | {_cell(ja)} | "
             f"{f'**{UNTRANSLATED_FLAG}**: {_cell(unresolved[i - 1])}<br>' if i - 1 in unresolved else ''}{_cell(zh)} |"

@@ -23,7 +23,14 @@ if TYPE_CHECKING:
 
 
 def why_unresolved(exc: NoAcceptableAnswerError) -> str:
-    """A one-line reason for a flagged paragraph: how many attempts, and what the last one had wrong."""
+    """A one-line reason for a flagged paragraph: how many attempts, and what the last one had wrong.
+
+    Args:
+        exc: the chunk's failure, with the attempts this run sent.
+
+    Returns:
+        E.g. "2 answer(s) rejected in this run, the last for: [1] repeated phrase '...'".
+    """
     last = exc.attempts[-1] if exc.attempts else None
     problems = ", ".join(last.verdict.problems) if last and last.verdict else str(exc)
     return f"{len(exc.attempts)} answer(s) rejected in this run, the last for: {problems}"
