@@ -267,7 +267,8 @@ def test_fresh_out_dir_empties_its_own_folder_and_moves_anything_else_aside(tmp_
 
 # --- the pipeline with a fake model (no server) -------------------------------------------------
 
-def fake_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reject: set[str], allow_partial: bool = False):
+def fake_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reject: set[str], allow_partial: bool = False,
+             **config_kw: object):
     """Run the real pipeline on a 3-paragraph document; the fake model 'translates' by prefixing
     "译", and rejects every paragraph in `reject`. Returns (job result, number of journal parses)."""
     from labs.translate import pipeline, run
@@ -293,7 +294,7 @@ def fake_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reject: set[str], 
     doc = tmp_path / "doc.txt"
     doc.write_text("一です。\n\n二です。\n\n三です。\n", encoding="utf-8")
     config = pipeline.TranslateConfig(out_dir=tmp_path / "out", progress=False, max_chunk_paragraphs=1,
-                                      allow_partial=allow_partial)
+                                      allow_partial=allow_partial, **config_kw)
     return run.run_job([doc], config), len(parses)
 
 
@@ -327,3 +328,23 @@ def test_a_failed_rerun_moves_an_earlier_partial_output_aside(tmp_path: Path, mo
     assert job.documents[0].moved_aside == [], "nothing partial left to move"
     job, _ = fake_job(tmp_path, monkeypatch, reject=set())
     assert job.documents[0].status == "translated" and job.advice() == ""
+
+
+def test_changing_retries_resumes_and_journals_of_the_old_plan_id_are_resumed(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from labs.translate.request import RetryPolicy
+
+    fake_job(tmp_path, monkeypatch, reject={"二です。"})
+    job, _ = fake_job(tmp_path, monkeypatch, reject=set(), retry=RetryPolicy(max_content_retries=0))
+    assert job.documents[0].status == "translated" and job.documents[0].num_chunks_resumed == 2
+    path = tmp_path / "legacy.jsonl"
+    old = Journal(path, "old-id")
+    old.start(reset=True)
+    old.append(ChunkRecord(0, ["一。"], 10, 3, 0.1, 0.05, 1, []))
+    old.append_failure(1, 3, "rejected")
+    journal = Journal(path, "new-id", legacy_ids=("old-id",))
+    state = journal.read()
+    assert state.current and state.legacy and sorted(state.records) == [0] and state.attempts_used == {1: 3}
+    journal.start(reset=not state.current, migrate=state.legacy)
+    assert json.loads(path.read_text(encoding="utf-8").split("\n")[0]) == {"plan_id": "new-id"}
+    assert Journal(path, "new-id").read().attempts_used == {1: 3} and sorted(Journal(path, "new-id").load()) == [0]

@@ -57,14 +57,17 @@ class JournalState:
     current: bool
     records: dict[int, ChunkRecord]
     attempts_used: dict[int, int]
+    legacy: bool = False  # headed by a legacy id of this plan: `start` rewrites the header
 
 
 class Journal:
     """One document's journal file (see the module docstring)."""
 
-    def __init__(self, path: Path, plan_id: str) -> None:
+    def __init__(self, path: Path, plan_id: str, legacy_ids: tuple[str, ...] = ()) -> None:
         self.path = path
         self.plan_id = plan_id
+        self.legacy_ids = legacy_ids  # ids the same plan had in earlier versions (still resumed)
+        self.legacy = False
 
     def _entries(self) -> list[dict[str, Any]] | None:
         """Every intact line after the header, or None when there is no journal of this plan."""
@@ -76,8 +79,9 @@ class Journal:
             header = json.loads(lines[0])
         except (json.JSONDecodeError, IndexError):
             return None
-        if header.get("plan_id") != self.plan_id:
+        if header.get("plan_id") not in (self.plan_id, *self.legacy_ids):
             return None
+        self.legacy = header.get("plan_id") != self.plan_id
         entries = []
         for line in lines[1:]:
             try:
@@ -94,7 +98,7 @@ class Journal:
         for e in entries or []:
             if "failed_chunk" in e:
                 used[e["failed_chunk"]] = max(used.get(e["failed_chunk"], 0), e["next_attempt"])
-        return JournalState(entries is not None, records, used)
+        return JournalState(entries is not None, records, used, entries is not None and self.legacy)
 
     def is_current(self) -> bool:
         """A journal of this plan exists (possibly with nothing finished yet)."""
@@ -108,11 +112,21 @@ class Journal:
         """Per unfinished chunk, how many attempts earlier runs used on it (its next attempt's number)."""
         return self.read().attempts_used
 
-    def start(self, reset: bool) -> None:
-        """Write the header (fresh journal) unless resuming an existing one under the same plan."""
+    def start(self, reset: bool, migrate: bool = False) -> None:
+        """Write the header (fresh journal) unless resuming an existing one under the same plan.
+
+        Args:
+            reset: start the journal over (another plan's journal, or none).
+            migrate: the journal is headed by a legacy id of this plan: rewrite the header with
+                the current id and keep every line.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        header = json.dumps({"plan_id": self.plan_id}) + "\n"
         if reset or not self.path.exists():
-            atomic_write_text(self.path, json.dumps({"plan_id": self.plan_id}) + "\n")
+            atomic_write_text(self.path, header)
+        elif migrate:
+            body = self.path.read_text(encoding="utf-8").split("\n", 1)
+            atomic_write_text(self.path, header + (body[1] if len(body) > 1 else ""))
 
     def append(self, record: ChunkRecord) -> None:
         self._append_line(asdict(record))

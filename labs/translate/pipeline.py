@@ -84,6 +84,10 @@ class DocumentPlan:
     plan_id: str
     max_paragraphs: int | None = None
     num_prompt_tokens: tuple[int, ...] = ()  # per chunk, counted while planning (not inside the request loop)
+    legacy_plan_ids: tuple[str, ...] = ()  # ids this plan had in journals of earlier versions
+
+    def journal(self, path: Path) -> Journal:
+        return Journal(path, self.plan_id, self.legacy_plan_ids)
 
     def messages(self, chunk: Chunk) -> list[dict[str, str]]:
         context = [s.text for s in self.segments[chunk.context_start:chunk.start]]
@@ -127,12 +131,18 @@ def make_plan(doc: SourceDocument, template: PromptTemplate, counter: TokenCount
                            whole_document_allowed=max_paragraphs is None or len(doc.paragraphs) <= max_paragraphs)
     segments = make_segments(doc.paragraphs, counter.count_text, budget.max_source_tokens)
     chunks = plan_chunks(segments, budget, config.overlap, max_paragraphs)
+    # What the journaled translations depend on. Not the retry count: it bounds how many attempts
+    # a run makes, not what an accepted answer is, so changing --retries resumes the document.
     identity = {"format": FORMAT_VERSION, "model": endpoint.model, "temperature": config.temperature,
-                "retries": config.retry.max_content_retries, "shared": template.shared_messages(),
-                "segments": [(s.paragraph_index, s.text) for s in segments],
+                "shared": template.shared_messages(), "segments": [(s.paragraph_index, s.text) for s in segments],
                 "chunks": [(c.start, c.end, c.context_start) for c in chunks]}
-    plan_id = hashlib.sha256(json.dumps(identity, ensure_ascii=False).encode()).hexdigest()[:16]
-    plan = DocumentPlan(doc, template, num_shared, budget, segments, chunks, plan_id, max_paragraphs)
+    # the id journals written before that had (retries included, with this run's value): still resumed
+    legacy = {**dict(list(identity.items())[:3]), "retries": config.retry.max_content_retries,
+              **dict(list(identity.items())[3:])}
+    plan_id, legacy_id = (hashlib.sha256(json.dumps(i, ensure_ascii=False).encode()).hexdigest()[:16]
+                          for i in (identity, legacy))
+    plan = DocumentPlan(doc, template, num_shared, budget, segments, chunks, plan_id, max_paragraphs,
+                        legacy_plan_ids=(legacy_id,))
     # Counted here, once, because a counter may be a blocking HTTP call to /tokenize: inside the
     # asyncio request loop it would stall every stream in flight.
     return replace(plan, num_prompt_tokens=tuple(counter.count_messages(plan.messages(c)) for c in chunks))
@@ -228,12 +238,12 @@ class Job:
         """
         async with self.files:
             paths = result.paths
-            journal = Journal(paths.journal, plan.plan_id)
+            journal = plan.journal(paths.journal)
             state = state or journal.read()
             records = state.records
             result.num_chunks_resumed = len(records)
             self.overall.update(len(records))
-            journal.start(reset=not state.current)
+            journal.start(reset=not state.current, migrate=state.legacy)
             log = DocumentLog(paths.log)
             self.tqdm.write(f"{plan.doc.name}: log {paths.log}")
             log.run_header(run_lines(plan, self.endpoint, self.counter, len(records), len(state.attempts_used)),
@@ -288,7 +298,7 @@ def is_finished(plan: DocumentPlan, paths: OutputPaths, state: JournalState | No
         paths: its outputs.
         state: its journal, already read (None: read it here).
     """
-    records = (state or Journal(paths.journal, plan.plan_id).read()).records
+    records = (state or plan.journal(paths.journal).read()).records
     return len(records) == len(plan.chunks) and paths.translation.exists() and paths.bilingual.exists()
 
 

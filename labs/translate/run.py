@@ -21,7 +21,6 @@ import numpy as np
 import pandas as pd
 
 from labs.translate.endpoint import Endpoint, connect, token_counter
-from labs.translate.journal import Journal
 from labs.translate.outputs import OutputPaths
 from labs.translate.pipeline import (DocumentResult, TranslateConfig, is_finished, make_plan,
                                      translate_plans)
@@ -157,7 +156,7 @@ def run_job(inputs: list[Path], config: TranslateConfig | None = None, *, base_u
             results.append(DocumentResult(name, path, "failed", error=str(exc), paths=paths))
             continue
         plan = make_plan(doc, template, counter, endpoint, config)
-        state = Journal(paths.journal, plan.plan_id).read()  # the one read of this run: the pipeline keeps it current
+        state = plan.journal(paths.journal).read()  # the one read of this run: the pipeline keeps it current
         status = "already done" if is_finished(plan, paths, state) else "pending"
         result = DocumentResult(name, path, status, len(plan.chunks), paths=paths)
         results.append(result)
