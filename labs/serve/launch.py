@@ -15,8 +15,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from datetime import datetime
 from pathlib import Path
+
+import psutil
 
 from labs.errors import WorkbookError
 from labs.serve.config import REPO_ROOT, ServerConfig, mask_secret
@@ -78,7 +81,8 @@ def _write_pane_spec(config: ServerConfig, log_path: Path) -> Path:
     """The server's argv, environment and log for `labs.serve.pane`, in a file only we can read.
 
     Why a file: the environment may hold the API key, and a command line is visible to `ps`.
-    `mkstemp` creates it mode 0600; the pane deletes it as soon as it has read it.
+    `mkstemp` creates it mode 0600; the pane deletes it as soon as it has read it, and
+    `launch_in_tmux` makes sure it is gone before it returns or raises.
     """
     config.log_dir.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=".vllm-pane-", suffix=".json", dir=config.log_dir)
@@ -103,11 +107,31 @@ def launch_in_tmux(config: ServerConfig, log_path: Path) -> int:
     spec_path = _write_pane_spec(config, log_path)
     argv = [tmux_path() or "tmux", "new-session", "-d", "-s", config.session_name, "-c", str(REPO_ROOT),
             "-P", "-F", "#{pane_pid}", "--", sys.executable, "-I", "-S", str(PANE_SCRIPT), str(spec_path)]
-    result = subprocess.run(argv, capture_output=True, text=True)
-    if result.returncode != 0:
+    try:  # however this ends (tmux fails, the pane dies first, Ctrl-C), the API key is not left on disk
+        result = subprocess.run(argv, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise ServeError(f"tmux could not start the session: {mask_secret(result.stderr.strip(), config.api_key)}")
+        pane_pid = int(result.stdout.strip())
+        _wait_until_read(spec_path, pane_pid)
+    finally:
         spec_path.unlink(missing_ok=True)
-        raise ServeError(f"tmux could not start the session: {mask_secret(result.stderr.strip(), config.api_key)}")
-    return int(result.stdout.strip())
+    return pane_pid
+
+
+def _wait_until_read(spec_path: Path, pane_pid: int, timeout_s: float = 30.0) -> None:
+    """Wait until the pane has read (and deleted) its spec file, or has died, or `timeout_s` passed.
+
+    Why: a spec that is deleted before the pane reads it fails the start (the pane exits; the
+    caller finds no server and says so), so the launcher waits as long as it looks for the server.
+    """
+    deadline = time.monotonic() + timeout_s
+    while spec_path.exists() and time.monotonic() < deadline:
+        try:
+            if psutil.Process(pane_pid).status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.Error:  # the pane has exited without reading it
+            return
+        time.sleep(0.05)
 
 
 def launch_detached(config: ServerConfig, log_path: Path) -> int:

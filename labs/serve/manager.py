@@ -203,6 +203,9 @@ def start_background(config: ServerConfig | None = None, *, timeout_s: float = 6
         models = health.wait_until_healthy(config.url, timeout_s=timeout_s, api_key=config.api_key,
                                            is_alive=lambda: process_alive(record.pid, record.create_time))
     except health.ServerNotReadyError as exc:
+        if record is None:  # no server found under what was launched: end what may still run of it
+            end_process_group(pgid, pgid, grace_s=10.0)
+            kill_tmux_session(config.session_name if use_tmux else None, pgid)
         raise _fail_start(config, record, log_path, exc) from None
     echo(_ready_message(config, record, models))
     return ServerStatus(config.url, tuple(models), None, record, True)

@@ -1,8 +1,9 @@
 """A server owned by the process that asked for it (a notebook): reused on rerun, never left behind.
 
-A notebook that starts a vLLM server and then fails, is interrupted, or has its kernel restarted
-used to leave the server running (a tmux session, an API server, an engine core), and the next
-run started another one. `owned_server` ties the server's life to its owners instead:
+The rule: a server a notebook starts must not outlive the notebook, however it ends (a failed
+cell, an interrupt, a restarted or killed kernel), and a rerun must not start a second one
+(tests/test_serve_owned.py checks both on real servers). `owned_server` ties the server's life to
+its owners:
 
 - the first call starts it (its own free port and tmux session, the notebook's log folder) and
   records this process as its owner; a *watchdog* process (`labs.serve.watchdog`) stops the
@@ -39,7 +40,8 @@ Echo = Callable[[str], None]
 # the server writes to its own log, where vLLM's INFO lines are the record of what it did.
 KERNEL_ONLY_ENV = ("VLLM_LOGGING_LEVEL",)
 WATCHDOG_LOG_NAME = "watchdog.log"
-_watchdogs: list[subprocess.Popen[bytes]] = []  # kept so Python does not warn they outlive their Popen
+# Kept so Python does not warn they outlive their Popen; exited ones are reaped and dropped at each spawn.
+_watchdogs: list[subprocess.Popen[bytes]] = []
 _released_at_exit: set[Path] = set()
 
 
@@ -125,6 +127,7 @@ def _release_at_exit(log_dir: Path) -> None:
 
 def _spawn_watchdog(log_dir: Path) -> owners.Proc:
     """Start the watchdog in a session of its own (a signal to our process group must not end it)."""
+    _watchdogs[:] = [proc for proc in _watchdogs if proc.poll() is None]  # poll() reaps an exited one
     with open(log_dir / WATCHDOG_LOG_NAME, "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "labs.serve.watchdog", str(log_dir)], cwd=REPO_ROOT,
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -172,7 +175,10 @@ def _start(name: str, log_dir: Path, me: owners.Proc, model: str | None, debug: 
     _release_at_exit(log_dir)
     try:
         started = start_background(config, timeout_s=timeout_s, echo=echo)
-    except BaseException:  # a failed start stopped its server; Ctrl-C in the wait did not
+    except ServeError:  # refused (the port taken meanwhile: maybe by another's server) or failed and stopped
+        owners.remove(log_dir)
+        raise
+    except BaseException:  # Ctrl-C in the wait: our server runs on
         owners.end_server(log_dir, state, echo)
         owners.remove(log_dir)
         raise

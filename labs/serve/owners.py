@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -21,8 +22,7 @@ from pathlib import Path
 
 import psutil
 
-from labs.serve.config import SERVER_MODULE
-from labs.serve.launch import kill_tmux_session
+from labs.serve.launch import kill_tmux_session, tmux_pane_pid
 from labs.serve.manager import stop
 from labs.serve.records import (
     CREATE_TIME_TOLERANCE_S, end_process_group, process_alive, process_create_time, read_record,
@@ -47,16 +47,42 @@ class Proc:
 
     @classmethod
     def current(cls) -> Proc:
+        """This process.
+
+        Returns:
+            Its pid and start time.
+        """
         return cls(os.getpid(), process_create_time(os.getpid()) or 0.0)
 
     @classmethod
     def of(cls, pid: int) -> Proc:
+        """A running process, by pid.
+
+        Args:
+            pid: its process id.
+
+        Returns:
+            It, with its start time (0.0 if it has already exited).
+        """
         return cls(pid, process_create_time(pid) or 0.0)
 
     def alive(self) -> bool:
+        """Whether it still runs (not a zombie, and its pid not recycled for another program).
+
+        Returns:
+            True while it runs.
+        """
         return process_alive(self.pid, self.create_time)
 
     def same(self, other: Proc) -> bool:
+        """Whether `other` is this process (same pid, same start time within psutil's rounding).
+
+        Args:
+            other: the process to compare.
+
+        Returns:
+            True if they are one process.
+        """
         return self.pid == other.pid and abs(self.create_time - other.create_time) <= CREATE_TIME_TOLERANCE_S
 
 
@@ -70,6 +96,8 @@ class Ownership:
         owners: the processes that use it; it stops once none of them is alive.
         watchdog: the process that stops it when the last owner dies without saying so.
         server: its API server, once started.
+        created: when this ownership began (seconds since the epoch): a tmux session of its name
+            whose pane is older is not its server's.
     """
 
     session: str
@@ -77,17 +105,27 @@ class Ownership:
     owners: list[Proc] = field(default_factory=list)
     watchdog: Proc | None = None
     server: Proc | None = None
+    created: float = field(default_factory=time.time)
 
     def live_owners(self) -> list[Proc]:
+        """The owners still running."""
         return [owner for owner in self.owners if owner.alive()]
 
     def has(self, proc: Proc) -> bool:
+        """Whether `proc` is one of the owners."""
         return any(owner.same(proc) for owner in self.owners)
 
 
 @contextmanager
 def locked(log_dir: Path) -> Iterator[None]:
-    """Hold the folder's ownership lock (blocks while another process holds it)."""
+    """Hold the folder's ownership lock (blocks while another process holds it).
+
+    Args:
+        log_dir: the server's log folder (created if missing; the lock file lives there).
+
+    Yields:
+        Nothing; the lock is held until the `with` block ends, or its holder dies.
+    """
     log_dir.mkdir(parents=True, exist_ok=True)
     with open(log_dir / LOCK_FILE_NAME, "a") as lock_file:
         fcntl.flock(lock_file, fcntl.LOCK_EX)
@@ -98,16 +136,30 @@ def locked(log_dir: Path) -> Iterator[None]:
 
 
 def read(log_dir: Path) -> Ownership | None:
-    """The folder's ownership, or None (no owned server, or an unreadable file)."""
+    """Read the folder's owners file.
+
+    Args:
+        log_dir: the server's log folder.
+
+    Returns:
+        Its ownership, or None (no owned server, or an unreadable file).
+    """
     try:
         data = json.loads((log_dir / OWNERS_FILE_NAME).read_text())
         procs = {key: Proc(**data[key]) if data.get(key) else None for key in ("watchdog", "server")}
-        return Ownership(data["session"], data["port"], [Proc(**o) for o in data["owners"]], **procs)
+        return Ownership(data["session"], data["port"], [Proc(**o) for o in data["owners"]], **procs,
+                         created=float(data.get("created", 0.0)))
     except (OSError, ValueError, TypeError, KeyError):
         return None
 
 
 def write(log_dir: Path, ownership: Ownership) -> None:
+    """Replace the folder's owners file, atomically.
+
+    Args:
+        log_dir: the server's log folder.
+        ownership: what to record.
+    """
     path = log_dir / OWNERS_FILE_NAME
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(asdict(ownership), indent=2) + "\n")
@@ -115,45 +167,49 @@ def write(log_dir: Path, ownership: Ownership) -> None:
 
 
 def remove(log_dir: Path) -> None:
+    """Delete the folder's owners file (no owned server any more); a missing one is fine.
+
+    Args:
+        log_dir: the server's log folder.
+    """
     (log_dir / OWNERS_FILE_NAME).unlink(missing_ok=True)
 
 
-def _unrecorded_servers(port: int) -> list[psutil.Process]:
-    """vLLM API servers on `port` (started, but its owner died before writing the pid file)."""
-    found: dict[int, psutil.Process] = {}
-    for proc in psutil.process_iter():
-        try:
-            argv = proc.cmdline()
-            if SERVER_MODULE in argv and argv[argv.index("--port") + 1] == str(port):
-                found[proc.pid] = proc
-        except (psutil.Error, ValueError, IndexError):
-            continue
-    roots = []
-    for proc in found.values():  # a forked child shows its parent's command line: skip it
-        try:
-            if proc.ppid() not in found:
-                roots.append(proc)
-        except psutil.Error:
-            continue
-    return roots
+def _our_pane(ownership: Ownership) -> psutil.Process | None:
+    """The first process of the tmux session chosen for this server, if that session is ours.
+
+    Why the pane and nothing wider: the pane's process becomes the API server (`labs.serve.pane`
+    execs it), so its pid is the server's process group. A session of that name that existed
+    before this ownership began (someone else's) is not ours, and neither is any other server on
+    the port (a port race: another program may hold the port we picked).
+    """
+    pid = tmux_pane_pid(ownership.session)
+    if pid is None:
+        return None
+    try:
+        pane = psutil.Process(pid)
+        if pane.create_time() < ownership.created - CREATE_TIME_TOLERANCE_S:
+            return None
+    except psutil.Error:
+        return None
+    return pane
 
 
 def end_server(log_dir: Path, ownership: Ownership, echo: Callable[[str], None]) -> None:
-    """Stop an owned server: its whole process group and its tmux session.
+    """Stop an owned server: its whole process group and its tmux session, and nothing else.
 
     Args:
         log_dir: its log folder (pid file).
-        ownership: what the owners file says about it (port and session find an unrecorded one).
+        ownership: what the owners file says about it (its tmux session finds it before its pid
+            file is written).
         echo: where messages go.
     """
     if read_record(log_dir) is not None:
         stop(log_dir=log_dir, grace_s=STOP_GRACE_S, echo=echo)
         return
-    for proc in _unrecorded_servers(ownership.port):
-        try:
-            pgid = os.getpgid(proc.pid)
-        except ProcessLookupError:  # it has just exited
-            continue
-        echo(f"Stopping the unrecorded vLLM server of {log_dir} (pid {proc.pid}, port {ownership.port}).")
-        end_process_group(pgid, proc.pid, STOP_GRACE_S)
-        kill_tmux_session(ownership.session, pgid)
+    pane = _our_pane(ownership)
+    if pane is None:
+        return
+    echo(f"Stopping the unrecorded vLLM server of {log_dir} (pid {pane.pid}, tmux session '{ownership.session}').")
+    end_process_group(pane.pid, pane.pid, STOP_GRACE_S)
+    kill_tmux_session(ownership.session, pane.pid)

@@ -56,7 +56,14 @@ def check_once(log_dir: Path, me: owners.Proc) -> bool:
 
 
 def main(log_dir: Path) -> int:
-    """Watch until the server is stopped or released; the exit status is always 0."""
+    """Watch the owners until the server is stopped or released.
+
+    Args:
+        log_dir: the server's log folder (its `owners.json` names this watchdog).
+
+    Returns:
+        The exit status: always 0.
+    """
     me = owners.Proc.current()
     _echo(f"pid {me.pid} watching the owners of {log_dir}.")
     while check_once(log_dir, me):
