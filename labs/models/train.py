@@ -19,7 +19,16 @@ from labs.models.recipe import CapstoneTrainConfig, TrainConfig
 from labs.translate.prompt import PromptTemplate
 
 def encode_example(tok: PreTrainedTokenizerFast, ja: str, zh: str | None = None) -> tuple[list[int], list[int]]:
-    """Token ids of the translation prompt for `ja`, and of the expected answer (zh + <|im_end|>)."""
+    """Token ids of the translation prompt for `ja`, and of the expected answer (zh + <|im_end|>).
+
+    Args:
+        tok: the workbook's tokenizer (its chat template renders the prompt).
+        ja: the Japanese sentence.
+        zh: its Chinese translation; None for a prompt alone.
+
+    Returns:
+        (prompt ids ending with the assistant's turn, answer ids or [] when `zh` is None).
+    """
     prompt_ids = tok.apply_chat_template(translation_messages(ja), add_generation_prompt=True, return_dict=False)
     answer_ids = tok(zh, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] if zh is not None else []
     return list(prompt_ids), answer_ids
@@ -28,7 +37,18 @@ def encode_example(tok: PreTrainedTokenizerFast, ja: str, zh: str | None = None)
 @torch.inference_mode()
 def greedy_translate(model: Qwen2ForCausalLM, tok: PreTrainedTokenizerFast, ja_list: list[str],
                      max_new_tokens: int = 48, batch_size: int = 64) -> list[str]:
-    """Greedy translations with HF `generate` (left-padded batches), the reference vLLM is checked against."""
+    """Greedy translations with HF `generate` (left-padded batches), the reference vLLM is checked against.
+
+    Args:
+        model: the model, in eval mode.
+        tok: its tokenizer.
+        ja_list: Japanese sentences, sent in Lab 1's format.
+        max_new_tokens: the longest answer.
+        batch_size: prompts per `generate` call.
+
+    Returns:
+        One decoded answer per sentence, special tokens dropped.
+    """
     outputs: list[str] = []
     for start in range(0, len(ja_list), batch_size):
         prompts = [encode_example(tok, ja)[0] for ja in ja_list[start:start + batch_size]]
@@ -41,7 +61,15 @@ def greedy_translate(model: Qwen2ForCausalLM, tok: PreTrainedTokenizerFast, ja_l
 
 
 def phrasebook_accuracy(model: Qwen2ForCausalLM, tok: PreTrainedTokenizerFast) -> float:
-    """The share of phrasebook sentences that greedy decoding translates exactly (Lab 1's format)."""
+    """The share of phrasebook sentences that greedy decoding translates exactly (Lab 1's format).
+
+    Args:
+        model: the model, in eval mode.
+        tok: its tokenizer.
+
+    Returns:
+        A fraction in [0, 1].
+    """
     entries = load_phrasebook()
     got = greedy_translate(model, tok, [e.ja for e in entries])
     return sum(g == e.zh for g, e in zip(got, entries)) / len(entries)
