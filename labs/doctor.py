@@ -2,17 +2,23 @@
 
 Checks, each a known trap: the vLLM version the labs are written against; CPU torch next to a
 CUDA torchvision/torchaudio/torchcodec (breaks `import transformers`' Qwen2 with "operator
-torchvision::nms does not exist"); a hardware summary.
+torchvision::nms does not exist"); the workbook's vLLM plugins (a stale install lacks them, and
+`VLLM_PLUGINS` can leave them out); a hardware summary.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from importlib import metadata
 
 from labs.errors import WorkbookError
 
 CONFLICTING_WITH_CPU_TORCH = ("torchvision", "torchaudio", "torchcodec")
+PLUGIN_GROUP = "vllm.general_plugins"
+# pyproject.toml's [project.entry-points."vllm.general_plugins"] (tests/test_doctor.py keeps them equal):
+# a debugpy listener per TP worker (Lab 4), and breakpoint() in processes without a terminal.
+WORKBOOK_PLUGINS = ("workbook_debug_workers", "workbook_breakpoints")
 
 
 class InstallError(WorkbookError):
@@ -42,6 +48,28 @@ def check_torch_companions() -> None:
         )
 
 
+def check_plugins() -> str:
+    """The workbook's vLLM plugins are installed; a note when `VLLM_PLUGINS` turns some off.
+
+    Returns:
+        The line to print ("ok ..." or "note ...").
+
+    Raises:
+        InstallError: an install from before a plugin was added (entry points come from `pip install -e .`).
+    """
+    installed = {ep.name for ep in metadata.entry_points(group=PLUGIN_GROUP)}
+    missing = [name for name in WORKBOOK_PLUGINS if name not in installed]
+    if missing:
+        raise InstallError(f"the workbook's vLLM plugins {', '.join(missing)} are not installed (the install predates "
+                           "them), so vLLM will not load them. Fix: pip install -e . (or make setup).")
+    allowed = os.environ.get("VLLM_PLUGINS")
+    left_out = [name for name in WORKBOOK_PLUGINS if allowed is not None and name not in allowed.split(",")]
+    if left_out:
+        return (f"note  VLLM_PLUGINS={allowed!r} leaves out {', '.join(left_out)}: vLLM will not load them "
+                f"(add them, or unset VLLM_PLUGINS)")
+    return f"ok  the workbook's vLLM plugins: {', '.join(WORKBOOK_PLUGINS)}"
+
+
 def run_checks() -> list[str]:
     """Run every check; return one line per passed check, raise on the first failure."""
     from labs.hardware import detect_hardware
@@ -55,6 +83,7 @@ def run_checks() -> list[str]:
     from transformers import Qwen2ForCausalLM  # noqa: F401  (the import the torchvision trap breaks)
 
     lines.append("ok  transformers imports Qwen2")
+    lines.append(check_plugins())
     lines.append(f"ok  {detect_hardware().describe()}")
     return lines
 
