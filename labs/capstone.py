@@ -21,11 +21,6 @@ from labs.translate.pipeline import TranslateConfig
 from labs.translate.run import JobResult, run_job
 
 
-# The server the notebook translates with: `.url`, and `.stop()`, which stops only a server this
-# notebook's kernel owns (one at VLLM_BASE_URL is never stopped).
-LabServer = serve.OwnedServer
-
-
 def describe_setup() -> None:
     """Print the model and hardware the job will use, as every lab does first.
 
@@ -43,7 +38,7 @@ def describe_setup() -> None:
         print(plan_run().describe())
 
 
-def lab_server(log_dir: Path) -> LabServer:
+def lab_server(log_dir: Path) -> serve.OwnedServer:
     """A running server: the one at VLLM_BASE_URL if it answers, else the workbook's, owned by this kernel.
 
     Why not always start one: a learner with a GPU server already running (`make vllm-start-bg`,
@@ -60,7 +55,7 @@ def lab_server(log_dir: Path) -> LabServer:
     configured = env_setting("VLLM_BASE_URL")
     if configured and serve.status(configured).up:
         print(f"Using the server at {default_url()} (VLLM_BASE_URL)")
-        return LabServer(default_url())
+        return serve.OwnedServer(default_url())  # not owned: .stop() leaves it running
     return serve.owned_server("vllm-capstone", log_dir=log_dir)
 
 
