@@ -8,7 +8,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -qq --progress-bar off
-# Pinned: labs/vllm_internals.py is written against this version.
+# Pinned: labs/core/vllm_internals.py is written against this version.
 VLLM_VERSION := 0.32.0
 # CPU builds of torch come from PyTorch's own wheel index; tried only if pip cannot find one otherwise.
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
@@ -24,7 +24,7 @@ help:
 	@echo "make setup   .venv + vLLM for this hardware ($(DEVICE)) + offline models (idempotent)"
 	@echo "make lab     JupyterLab on notebooks/"
 	@echo "make tour    execute every notebook into runs/<timestamp>/ (with HTML copies)"
-	@echo "make grade LAB=1   grade YOUR exercise answers (labs/exercises/) instead of the reference"
+	@echo "make grade LAB=1   grade YOUR exercise answers (labs/labN_*/exercise*.py) instead of the reference"
 	@echo "make doctor  check the install (vLLM version, torch, torchvision trap, hardware)"
 	@echo "make train   retrain tiny-phrasebook (~10 min; SHIP=1 replaces the shipped weights)"
 	@echo "make first-run   time a fresh clone to make demo, a breakpoint in vLLM's scheduler, make test"
@@ -58,11 +58,11 @@ endif
 
 # The shipped tiny-phrasebook is copied, tiny-random and tiny-llama generated from their seeds: seconds.
 models: $(SETUP_STAMP)
-	@$(PY) -m labs.models build
+	@$(PY) -m labs.core.models build
 
 # Retrain tiny-phrasebook (~10 min on 2 cores); SHIP=1 replaces the shipped weights (commit them).
 train: $(SETUP_STAMP)
-	$(PY) -m labs.models train $(if $(SHIP),--ship)
+	$(PY) -m labs.core.models train $(if $(SHIP),--ship)
 
 # Time a fresh clone to `make demo`, to a breakpoint in vLLM's scheduler, and through `make test`.
 first-run: $(SETUP_STAMP)
@@ -89,35 +89,35 @@ grade: setup
 clean-runs:
 	rm -rf runs/
 
-# --- vLLM server (python -m labs.serve): PORT= and MODEL= pass through ---------------------------
+# --- vLLM server (python -m labs.core.serve): PORT= and MODEL= pass through ---------------------------
 SERVE_ARGS = $(if $(PORT),--port $(PORT)) $(if $(MODEL),--model $(MODEL))
 .PHONY: vllm-start vllm-start-bg vllm-start-debug vllm-stop vllm-status vllm-logs
 
 vllm-start: setup
-	$(PY) -m labs.serve start $(SERVE_ARGS)
+	$(PY) -m labs.core.serve start $(SERVE_ARGS)
 
 vllm-start-bg: setup
-	$(PY) -m labs.serve start-bg $(SERVE_ARGS)
+	$(PY) -m labs.core.serve start-bg $(SERVE_ARGS)
 
 vllm-start-debug: setup
-	DEBUG=1 $(PY) -m labs.serve start $(SERVE_ARGS)
+	DEBUG=1 $(PY) -m labs.core.serve start $(SERVE_ARGS)
 
 vllm-stop: setup
-	$(PY) -m labs.serve stop $(if $(PORT),--port $(PORT))
+	$(PY) -m labs.core.serve stop $(if $(PORT),--port $(PORT))
 
 vllm-status: setup
-	$(PY) -m labs.serve status $(if $(PORT),--port $(PORT))
+	$(PY) -m labs.core.serve status $(if $(PORT),--port $(PORT))
 
 vllm-logs: setup
-	$(PY) -m labs.serve logs --follow
+	$(PY) -m labs.core.serve logs --follow
 
-# --- Capstone: JA -> ZH translation (python -m labs.translate) ------------------------------------
+# --- Capstone: JA -> ZH translation (python -m labs.capstone_translation) ------------------------------------
 # make translate                      the sample documents, through the workbook's server (started if down)
 # make translate IN=docs/ OUT=runs/mine ARGS="--glossary terms.tsv --reference refs/"
 TRANSLATE_SAMPLES := runs/translate-samples
 .PHONY: translate
 translate: setup
-	@$(PY) -m labs.serve check >/dev/null 2>&1 || $(PY) -m labs.serve start-bg $(SERVE_ARGS)
-	@$(if $(IN),,$(PY) -m labs.translate.samples $(TRANSLATE_SAMPLES)/input $(TRANSLATE_SAMPLES)/reference >/dev/null)
-	$(PY) -m labs.translate $(or $(IN),$(TRANSLATE_SAMPLES)/input) --out $(or $(OUT),runs/translate) \
+	@$(PY) -m labs.core.serve check >/dev/null 2>&1 || $(PY) -m labs.core.serve start-bg $(SERVE_ARGS)
+	@$(if $(IN),,$(PY) -m labs.capstone_translation.samples $(TRANSLATE_SAMPLES)/input $(TRANSLATE_SAMPLES)/reference >/dev/null)
+	$(PY) -m labs.capstone_translation $(or $(IN),$(TRANSLATE_SAMPLES)/input) --out $(or $(OUT),runs/translate) \
 		$(if $(IN),,--reference $(TRANSLATE_SAMPLES)/reference) $(ARGS)

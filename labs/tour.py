@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from labs.notebooks import NOTEBOOKS_DIR, execute_notebook
+from labs.core.notebooks import NOTEBOOKS_DIR, execute_notebook
 
 
 def main() -> int:

@@ -1,9 +1,9 @@
-"""Step 2: PagedAttention, safe to run and step through under a debugger.
+"""Lab 2: PagedAttention, safe to run and step through under a debugger.
 
 Two requests share a prefix; a third arrives after the first finished and hits the prefix cache.
 The script prints block tables and free blocks after every engine step.
 
-Run it:   python my_debug_scripts/step2_paged_attention.py   (or F5 "Step 2: PagedAttention (debug-safe)")
+Run it:   python my_debug_scripts/step2_paged_attention.py   (or F5 "Lab 2: PagedAttention (debug-safe)")
 
 Breakpoints worth setting (justMyCode: false):
   - vllm/v1/core/kv_cache_manager.py  KVCacheManager.get_computed_blocks   prefix-cache lookup by chained block hashes
@@ -14,7 +14,7 @@ Breakpoints worth setting (justMyCode: false):
 """
 
 # Must run before anything imports vLLM: it decides whether the engine core gets its own process.
-from labs.debug_safe import prepare_debug_session
+from labs.core.debug.safe import prepare_debug_session
 
 log = prepare_debug_session(__file__)
 
@@ -24,10 +24,10 @@ import sys  # noqa: E402
 def main() -> int:
     from vllm import SamplingParams
 
-    from labs import vllm_internals as vi
-    from labs.engine import free_llm, make_llm
-    from labs.live import EngineObserver
-    from labs.paged import token_prompt
+    from labs.core import vllm_internals as vi
+    from labs.core.engine import free_llm, make_llm
+    from labs.core.live import EngineObserver
+    from labs.lab2_paged_attention.paged import token_prompt
 
     llm = make_llm()
     observer = EngineObserver(llm)
@@ -55,6 +55,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    from labs.errors import run_main
+    from labs.core.errors import run_main
 
     sys.exit(run_main(main))  # a missing model or unsupported setting prints one clear message

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labs.notebooks import NOTEBOOKS_DIR, ExecutedNotebook, execute_notebook
+from labs.core.notebooks import NOTEBOOKS_DIR, ExecutedNotebook, execute_notebook
 
 ANY_MODEL = "tiny-llama"
 # Printed only when a lab judges something it should not on this model, or fails.

@@ -24,14 +24,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def model_path() -> Path:
-    from labs.models import resolve_model
+    from labs.core.models import resolve_model
 
     return Path(resolve_model(TEST_MODEL).path)
 
 
 @pytest.fixture(scope="session")
 def llm() -> Iterator[Any]:
-    from labs.engine import free_llm, make_llm
+    from labs.core.engine import free_llm, make_llm
 
     engine = make_llm(TEST_MODEL, inspectable=True, verbose=False)
     yield engine

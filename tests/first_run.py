@@ -4,7 +4,7 @@ Run it:  .venv/bin/python tests/first_run.py [--skip-test] [--keep]   (or `make 
 
 What it does, as a new user would: clone the committed HEAD of this repository into a temporary
 folder, run `make demo` there (set-up included; pip's cache is whatever this machine has), then
-start `my_debug_scripts/step1_basic_llama.py` under debugpy the way VS Code's F5 does, with a
+start `my_debug_scripts/step1_basic_inference.py` under debugpy the way VS Code's F5 does, with a
 breakpoint in vLLM's `Scheduler.schedule`, and wait for the stop; then `make test` (the CI
 command). It prints the time to each milestone since the clone began, next to its target.
 
@@ -92,7 +92,7 @@ def stop_in_scheduler(clone: Path, milestones: Milestones, log: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
     with log.open("wb") as out:
         proc = subprocess.Popen([str(python), "-m", "debugpy", "--listen", f"127.0.0.1:{port}", "--wait-for-client",
-                                 "my_debug_scripts/step1_basic_llama.py"], cwd=clone, env=env, stdout=out,
+                                 "my_debug_scripts/step1_basic_inference.py"], cwd=clone, env=env, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     try:
         with DAPClient.connect("127.0.0.1", port, timeout=60, alive=lambda: proc.poll() is None) as client:

@@ -6,7 +6,7 @@ A pane is a real pseudo-terminal, and what `capture-pane` returns is what a pers
 
 Why a private server (own socket directory, own config) and `env -i`: the tmux server is shared
 by nobody else, so stopping it ends only what the test started, and a tmux server's own
-environment would otherwise leak into the command (labs/SERVING.md, "Environment").
+environment would otherwise leak into the command (labs/core/serve/SERVING.md, "Environment").
 """
 
 from __future__ import annotations

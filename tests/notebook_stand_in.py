@@ -9,7 +9,7 @@ that is killed; the test runner's own environment and life must not take part.
     python -m tests.notebook_stand_in start-bg LOG_DIR PORT SESSION ENV_FILE
         `serve.start_background` in tmux, then `SERVER {json}`; exits, leaving the server up.
     python -m tests.notebook_stand_in child-env ENV_FILE
-        `SERVER {json}` with the `child_env()` that `python -m labs.serve start-bg` computes here.
+        `SERVER {json}` with the `child_env()` that `python -m labs.core.serve start-bg` computes here.
 
 The JSON always holds `child_env`: what this process's config says the server's environment is.
 """
@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from labs import serve
+from labs.core import serve
 
 TEST_MODEL = "tiny-phrasebook"
 
@@ -32,7 +32,7 @@ def _report(**facts: object) -> None:
 def main(argv: list[str]) -> int:
     command = argv[0]
     if command == "own":
-        from labs.serve.owned import KERNEL_ONLY_ENV  # here: the other commands also run on older code
+        from labs.core.serve.owned import KERNEL_ONLY_ENV  # here: the other commands also run on older code
 
         log_dir, name = Path(argv[1]), argv[2]
         server = serve.owned_server(name, log_dir=log_dir, model=TEST_MODEL)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from labs.serve import find_free_port
+from labs.core.serve import find_free_port
 
 
 @contextmanager

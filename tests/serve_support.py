@@ -14,8 +14,8 @@ API_KEY = "sk-test-4f1d9c2b7a"
 
 
 def run_cli(*args: str, timeout_s: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """`python -m labs.serve ARGS` from the repository root, output captured."""
-    return subprocess.run([sys.executable, "-m", "labs.serve", *args], cwd=REPO_ROOT, capture_output=True,
+    """`python -m labs.core.serve ARGS` from the repository root, output captured."""
+    return subprocess.run([sys.executable, "-m", "labs.core.serve", *args], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=timeout_s, env=env)
 
 

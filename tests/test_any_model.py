@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 import torch
 
-from labs.batching import TraceRequest, equal_lengths_trace, mixed_lengths_trace
-from labs.batching_costs import expected_steps
-from labs.models import resolve_model
+from labs.lab3_continuous_batching.batching import TraceRequest, equal_lengths_trace, mixed_lengths_trace
+from labs.lab3_continuous_batching.costs import expected_steps
+from labs.core.models import resolve_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL = "tiny-llama"
@@ -40,15 +40,15 @@ def llama_dir() -> Path:
 
 def run_engine_side(out_path: str) -> None:
     """Engine side (a fresh process): Lab 3's comparison and step costs, then Lab 5's fp8 engines."""
-    from labs import vllm_internals as vi
-    from labs.batching import compare_batching, summarize_batching
-    from labs.batching_costs import explain_batching, explanation_lines, step_time_by_batch_size
-    from labs.engine import free_llm, make_llm
-    from labs.kv_quant.calibrate import calibrate
-    from labs.kv_quant.measure import phrasebook_messages
-    from labs.kv_quant.vllm_fp8 import vllm_kv_runs
-    from labs.kv_quant.vllm_scales import fp8_layer_scales
-    from labs.mini.llm import LLM
+    from labs.core import vllm_internals as vi
+    from labs.lab3_continuous_batching.batching import compare_batching, summarize_batching
+    from labs.lab3_continuous_batching.costs import explain_batching, explanation_lines, step_time_by_batch_size
+    from labs.core.engine import free_llm, make_llm
+    from labs.lab5_kv_quantization.calibrate import calibrate
+    from labs.lab5_kv_quantization.measure import phrasebook_messages
+    from labs.lab5_kv_quantization.vllm_fp8 import vllm_kv_runs
+    from labs.lab5_kv_quantization.vllm_scales import fp8_layer_scales
+    from labs.core.mini.llm import LLM
 
     llm = make_llm(MODEL, max_num_seqs=BATCH_SIZE, inspectable=True, verbose=False)
     record: dict[str, Any] = {"model_class": type(vi.model(llm)).__name__}
@@ -126,9 +126,9 @@ def test_mini_engine_runs_llama_like_transformers(llama_dir: Path) -> None:
     """The mini engine's Llama (no q/k/v biases) gives transformers' logits for a whole prompt."""
     from transformers import AutoModelForCausalLM
 
-    from labs.kv_quant.measure import sequence_metadata
-    from labs.mini.config import Config
-    from labs.mini.runner import ModelRunner
+    from labs.lab5_kv_quantization.measure import sequence_metadata
+    from labs.core.mini.config import Config
+    from labs.core.mini.runner import ModelRunner
 
     runner = ModelRunner(Config(model=str(llama_dir), dtype="float32", num_kv_blocks=4))
     token_ids = list(range(100, 140))
@@ -145,7 +145,7 @@ def test_tp_refusal_agrees_with_vllm(llama_dir: Path) -> None:
     """Lab 4's one sentence for heads TP=2 cannot split, and vLLM's own config check refusing the same."""
     from vllm.engine.arg_utils import EngineArgs
 
-    from labs.tensor_parallel.vllm_tp import tp_unsupported_reason
+    from labs.lab4_tensor_parallel.vllm_tp import tp_unsupported_reason
 
     reason = tp_unsupported_reason(llama_dir, 2)
     assert reason and "9 query heads and 3 KV heads" in reason
@@ -157,7 +157,7 @@ def test_tp_refusal_agrees_with_vllm(llama_dir: Path) -> None:
 @pytest.mark.engine
 def test_demo_on_a_model_that_does_not_translate() -> None:
     """`make demo` on tiny-llama: English prompts and why, the live facts, no unactionable start-up notes."""
-    from labs.quiet_output import is_unactionable
+    from labs.core.quiet_output import is_unactionable
 
     env = {**os.environ, "VLLM_MODEL": MODEL}
     env.pop("DEBUG", None)
@@ -175,7 +175,7 @@ def test_explanation_decomposes_the_throughput_ratio() -> None:
     """Throughput ratio = step ratio x (static ms per step / continuous ms per step), said in numbers, no target."""
     import pandas as pd
 
-    from labs.batching_costs import explain_batching, explanation_lines
+    from labs.lab3_continuous_batching.costs import explain_batching, explanation_lines
 
     def run(mode: str, finish_steps: list[int], outputs: list[int], seconds: float) -> list[dict]:
         return [{"trace": "mixed lengths", "mode": mode, "request_id": f"r{i}", "num_prompt_tokens": 16,
@@ -186,7 +186,7 @@ def test_explanation_decomposes_the_throughput_ratio() -> None:
     # and the fourth at step 9 (10 steps)
     results = pd.DataFrame(run("static", [8, 2, 16, 10], [8, 2, 8, 2], 1.6)
                            + run("continuous", [8, 2, 10, 10], [8, 2, 8, 2], 0.5))
-    from labs.batching import summarize_batching
+    from labs.lab3_continuous_batching.batching import summarize_batching
 
     explained = explain_batching(results, summarize_batching(results))
     row = explained.loc["mixed lengths"]
@@ -205,8 +205,8 @@ def test_explanation_decomposes_the_throughput_ratio() -> None:
 
 def test_a_hub_id_not_on_disk_gets_sentences_not_tracebacks(tmp_path: Path) -> None:
     """A model vLLM would download has no config.json here: TP leaves the check to vLLM, the mini engine says why."""
-    from labs.mini.config import mini_engine_unsupported_reason
-    from labs.tensor_parallel.vllm_tp import tp_unsupported_reason
+    from labs.core.mini.config import mini_engine_unsupported_reason
+    from labs.lab4_tensor_parallel.vllm_tp import tp_unsupported_reason
 
     hub_id = str(tmp_path / "Qwen" / "Qwen2.5-0.5B-Instruct")  # a path with nothing behind it, like a hub id
     assert tp_unsupported_reason(hub_id, 2) is None

@@ -1,4 +1,4 @@
-"""The benchmark harness (`labs.bench`) against one real vLLM server, and against vLLM's own benchmark.
+"""The benchmark harness (`labs.core.bench`) against one real vLLM server, and against vLLM's own benchmark.
 
 One module-scoped server on tiny-phrasebook (free port, own log folder, an API key), stopped at
 the end. The truths are vLLM's, never ours: the server's token counters, vLLM's
@@ -9,7 +9,7 @@ Cross-check tolerance: both tools measure the same server one after the other, o
 time (with several in flight, TTFT depends on how arrivals interleave with decode steps and
 consecutive runs of ONE tool differed by 10-50%). Agreement is asserted within 10% on throughput
 and on the medians of TTFT, TPOT and E2EL (medians over 3 runs per tool; runs whose tokens
-arrived in bursts are repeated, see `labs.bench.crosscheck.disturbed`); on an idle 2-core machine
+arrived in bursts are repeated, see `labs.core.bench.crosscheck.disturbed`); on an idle 2-core machine
 they agreed within 2%. When even the repeats are disturbed (a busy machine), the agreement part
 is skipped with the load average in the message. That the
 definitions are vLLM's is checked exactly, without noise, by
@@ -31,11 +31,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from labs import bench
-from labs.bench.client import sse_messages
-from labs.bench.crosscheck import crosscheck, disturbed
-from labs.bench.monitor import COLUMNS
-from labs.serve import build_config, find_free_port, start_background, status, stop
+from labs.core import bench
+from labs.core.bench.client import sse_messages
+from labs.core.bench.crosscheck import crosscheck, disturbed
+from labs.core.bench.monitor import COLUMNS
+from labs.core.serve import build_config, find_free_port, start_background, status, stop
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEST_MODEL = "tiny-phrasebook"
@@ -99,7 +99,7 @@ def test_arrival_schedule_follows_vllm() -> None:
 
 def test_sampler_records_both_edges_however_short_the_run() -> None:
     """A starved server may answer one scrape per run: start and end must be in the series anyway."""
-    from labs.bench.sampling import BackgroundSampler
+    from labs.core.bench.sampling import BackgroundSampler
 
     class Counter(BackgroundSampler):
         def sample(self) -> None:
@@ -246,7 +246,7 @@ def test_plots_from_real_runs(server: Server) -> None:
 @pytest.mark.server
 def test_cli_prints_vllm_table_and_saves_json(server: Server, tmp_path: Path) -> None:
     out = tmp_path / "result.json"
-    done = subprocess.run([sys.executable, "-m", "labs.bench", "--base-url", f"{server.url}/v1", "--endpoint", "chat",
+    done = subprocess.run([sys.executable, "-m", "labs.core.bench", "--base-url", f"{server.url}/v1", "--endpoint", "chat",
                            "--num-prompts", "4", "--output-len", "6", "--request-rate", "20", "--goodput", "ttft:60000",
                            "--save-result", str(out), "--disable-tqdm"],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,

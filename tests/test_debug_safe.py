@@ -13,7 +13,7 @@ SCRIPT = textwrap.dedent("""
     import os, sys
     if sys.argv[1] == "traced":
         sys.settrace(lambda *a: None)  # what pdb/debugpy do: a trace function is installed
-    from labs.debug_safe import prepare_debug_session
+    from labs.core.debug.safe import prepare_debug_session
     log = prepare_debug_session(sys.argv[2])
     log.info("hello from the script")
     print("ENV", os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING"))

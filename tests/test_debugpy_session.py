@@ -1,6 +1,6 @@
-"""Drive a real debugpy session over my_debug_scripts/step1_basic_llama.py, the way VS Code would.
+"""Drive a real debugpy session over my_debug_scripts/step1_basic_inference.py, the way VS Code would.
 
-What this proves, end to end: with the script's own guard (labs.debug_safe) and nothing exported,
+What this proves, end to end: with the script's own guard (labs.core.debug.safe) and nothing exported,
 a breakpoint inside vLLM's `LLM.generate` is hit, the stack down to the script's `main` is
 readable, and after `continue` the script finishes and exits 0, with the engine core in-process.
 This is the hang the workbook's debugging chapter is about; a unit test of debug_safe alone would
@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `dap_client`, wh
 from dap_client import DAPClient, free_port, kill_tree, tail  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "my_debug_scripts" / "step1_basic_llama.py"
-DEBUG_LOG = REPO / "my_debug_scripts" / ".logs" / "step1_basic_llama.debug.log"
+SCRIPT = REPO / "my_debug_scripts" / "step1_basic_inference.py"
+DEBUG_LOG = REPO / "my_debug_scripts" / ".logs" / "step1_basic_inference.debug.log"
 
 CONNECT_TIMEOUT_S = 30
 BREAKPOINT_TIMEOUT_S = 240  # import vLLM + build the engine under the debugger's tracing
@@ -127,7 +127,7 @@ def test_breakpoint_in_llm_generate_under_debugpy() -> None:
             assert top["name"].endswith("generate"), frames[:3]
             assert Path(top["source"]["path"]).as_posix().endswith("vllm/entrypoints/llm.py"), top
             assert top["line"] == bp_line, top
-            assert any(f["name"].endswith("main") and f.get("source", {}).get("path", "").endswith("step1_basic_llama.py")
+            assert any(f["name"].endswith("main") and f.get("source", {}).get("path", "").endswith("step1_basic_inference.py")
                        for f in frames[1:]), [(f["name"], f.get("source", {}).get("path")) for f in frames]
 
             scopes = client.request("scopes", {"frameId": top["id"]})["scopes"]

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from labs.engine import make_llm
-from labs.hardware import UnsupportedHardwareError, detect_hardware
-from labs.models.resolve import ModelNotFoundError
+from labs.core.engine import make_llm
+from labs.core.hardware import UnsupportedHardwareError, detect_hardware
+from labs.core.models.resolve import ModelNotFoundError
 
 
 @pytest.mark.engine
@@ -34,13 +34,13 @@ def test_fp8_kv_cache_on_cpu_without_avx512_is_explained(monkeypatch: pytest.Mon
     """make_llm refuses before vLLM crashes. This machine's real CPU, minus AVX-512/AMX if it has them."""
     import dataclasses
 
-    import labs.engine
+    import labs.core.engine
 
     hw = detect_hardware()
     if hw.device == "cuda":
         pytest.skip("GPUs run an FP8 KV cache")
     without = dataclasses.replace(hw, cpu_flags=hw.cpu_flags - {"avx512f", "amx_bf16", "amx_tile", "amx_int8"})
-    monkeypatch.setattr(labs.engine, "detect_hardware", lambda: without)
+    monkeypatch.setattr(labs.core.engine, "detect_hardware", lambda: without)
     with pytest.raises(UnsupportedHardwareError, match="AVX-512 or AMX"):
         make_llm("tiny-phrasebook", kv_cache_dtype="fp8", verbose=False)
 
@@ -51,8 +51,8 @@ def test_free_llm_releases_the_engine_so_a_second_one_starts() -> None:
     script = textwrap.dedent("""
         import gc, weakref
         from vllm import SamplingParams
-        from labs import vllm_internals as vi
-        from labs.engine import free_llm, make_llm
+        from labs.core import vllm_internals as vi
+        from labs.core.engine import free_llm, make_llm
 
         llm = make_llm("tiny-phrasebook", verbose=False)
         kv_ref = weakref.ref(vi.kv_cache_tensors(llm)[0])
@@ -75,8 +75,8 @@ def test_free_llm_releases_the_engine_so_a_second_one_starts() -> None:
 
 def test_a_tp2_thread_binding_does_not_leak_into_the_next_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     """make_llm exports the settings' variables; the next make_llm must start from the user's own."""
-    from labs.engine import export_engine_env, plan_run, unexport_engine_env
-    from labs.hardware import detect_hardware
+    from labs.core.engine import export_engine_env, plan_run, unexport_engine_env
+    from labs.core.hardware import detect_hardware
 
     hw = detect_hardware()
     if hw.device != "cpu" or hw.num_cpu_cores < 2:

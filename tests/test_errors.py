@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from labs.errors import run_main
-from labs.vllm_internals import PINNED_VLLM_VERSION, check_vllm_version
+from labs.core.errors import run_main
+from labs.core.vllm_internals import PINNED_VLLM_VERSION, check_vllm_version
 
 
 def test_wrong_vllm_version_is_one_clear_message(capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `dap_client`, whatever pytest's import mode
 from dap_client import consecutive_free_ports  # noqa: E402
-from labs.hardware import (
+from labs.core.hardware import (
     Hardware,
     UnsupportedHardwareError,
     _parse_cpu_list,

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from labs.models.recipe import SHIPPED_PHRASEBOOK_BAR
-from labs.models.train import greedy_translate
-from labs.models.phrasebook import load_phrasebook, translation_messages
+from labs.core.models.recipe import SHIPPED_PHRASEBOOK_BAR
+from labs.core.models.train import greedy_translate
+from labs.core.models.phrasebook import load_phrasebook, translation_messages
 
 pytestmark = pytest.mark.engine
 

@@ -2,16 +2,16 @@
 
 What this proves, end to end, with real ipdb and real vLLM on tiny-phrasebook:
 
-1. `python -m ipdb my_debug_scripts/step1_basic_llama.py`, `b` in vLLM's `Scheduler.schedule`,
+1. `python -m ipdb my_debug_scripts/step1_basic_inference.py`, `b` in vLLM's `Scheduler.schedule`,
    `c`, `n`, `s`, `p len(self.running), len(self.waiting)`, `c` to the end: the breakpoint is
    hit (the script's guard put the engine core in this process) and the script exits 0.
 2. `breakpoint()` inside vLLM's own code with PYTHONBREAKPOINT=ipdb.set_trace, in a learner's
    script on plain `vllm.LLM` that calls the guard, under `python -m ipdb` and `c` with no
-   breakpoint set (tracing off, so only `labs.debug_safe`'s bdb check keeps the engine core
+   breakpoint set (tracing off, so only `labs.core.debug.safe`'s bdb check keeps the engine core
    here): ipdb stops in `schedule`.
 3. The same `breakpoint()`, the same script without the guard, run plainly: the engine core is
    in its own process (no terminal there), and the learner gets one sentence saying what to do
-   (labs/ipdb_safe.py), no `bdb.BdbQuit` traceback, no hang, exit 0.
+   (labs/core/debug/ipdb_safe.py), no `bdb.BdbQuit` traceback, no hang, exit 0.
 
 How `breakpoint()` gets into vLLM's code: the venv is shared, so the test does not edit
 site-packages; a `sitecustomize` on PYTHONPATH compiles vLLM's real scheduler.py with
@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `ipdb_terminal`,
 from ipdb_terminal import TerminalSession  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-STEP1 = "my_debug_scripts/step1_basic_llama.py"
+STEP1 = "my_debug_scripts/step1_basic_inference.py"
 SCHEDULER = "vllm/v1/core/sched/scheduler.py"
 START_TIMEOUT_S = 300  # vLLM import + engine start, traced by ipdb: ~1 min here, more when 2 cores are shared
 END_TIMEOUT_S = 180
@@ -87,11 +87,11 @@ def main() -> int:
 if __name__ == "__main__":
     raise SystemExit(main())
 """
-GUARD = "from labs.debug_safe import prepare_debug_session\n\nprepare_debug_session(__file__)\n"
+GUARD = "from labs.core.debug.safe import prepare_debug_session\n\nprepare_debug_session(__file__)\n"
 
 
 def own_script(tmp_path: Path, model_path: Path, *, guarded: bool) -> Path:
-    """Write the learner's script, with or without `labs.debug_safe`'s guard as its first lines."""
+    """Write the learner's script, with or without `labs.core.debug.safe`'s guard as its first lines."""
     script = tmp_path / "my_script.py"
     script.write_text(OWN_SCRIPT.format(guard=GUARD if guarded else "", model=str(model_path)))
     return script
@@ -153,10 +153,10 @@ def test_guard_sees_ipdb_after_continue_and_quickens_it(tmp_path: Path, terminal
     """`python -m ipdb`, then `c` at once: bdb turns tracing off, the guard must still see ipdb,
     and turn off IPython's per-call `debuggerskip` check (minutes of vLLM start-up otherwise)."""
     script = tmp_path / "step9_guard.py"
-    script.write_text("from labs.debug_safe import prepare_debug_session\n"
+    script.write_text("from labs.core.debug.safe import prepare_debug_session\n"
                       "prepare_debug_session(__file__)\n"
                       "import os\n"
-                      "from labs.ipdb_safe import running_debugger\n"
+                      "from labs.core.debug.ipdb_safe import running_debugger\n"
                       "print('ENGINE IN PROCESS:', os.environ.get('VLLM_ENABLE_V1_MULTIPROCESSING') == '0')\n"
                       "print('DEBUGGERSKIP:', running_debugger()._predicates['debuggerskip'])\n")
     term = TerminalSession([sys.executable, "-m", "ipdb", str(script)], env=session_env(), cwd=REPO)
@@ -171,7 +171,7 @@ def test_guard_sees_ipdb_after_continue_and_quickens_it(tmp_path: Path, terminal
 
 FORKED_ENGINE_CORE = """\
 import multiprocessing, sys
-from labs.ipdb_safe import register
+from labs.core.debug.ipdb_safe import register
 
 def engine_core():
     for _ in range(3):  # like a breakpoint() in Scheduler.schedule, reached every step

@@ -1,4 +1,4 @@
-"""The mini engine (labs/mini) against the truth: transformers' logits and real vLLM's tokens.
+"""The mini engine (labs/core/mini) against the truth: transformers' logits and real vLLM's tokens.
 
 The mini engine is assembled from the Lab 2/3 reference solutions, so these tests also check
 that those answers, dropped into an engine, give what vLLM gives: every phrasebook prompt,
@@ -15,13 +15,13 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from labs import vllm_internals as vi
-from labs.mini.config import Config
-from labs.mini.llm import LLM, SamplingParams
-from labs.mini.request import Request
-from labs.mini.runner import ModelRunner
-from labs.mini.sampler import apply_top_p
-from labs.models.phrasebook import load_phrasebook, translation_messages
+from labs.core import vllm_internals as vi
+from labs.core.mini.config import Config
+from labs.core.mini.llm import LLM, SamplingParams
+from labs.core.mini.request import Request
+from labs.core.mini.runner import ModelRunner
+from labs.core.mini.sampler import apply_top_p
+from labs.core.models.phrasebook import load_phrasebook, translation_messages
 
 TEST_MODEL = "tiny-phrasebook"
 MAX_TOKENS = 48
@@ -197,7 +197,7 @@ def test_squeezed_engine_gives_vllm_tokens(phrasebook_messages: list[Any], vllm_
 
 @pytest.mark.engine
 def test_benchmark_prints_the_ratio_table(llm: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    from labs.mini import bench
+    from labs.core.mini import bench
 
     results = bench.main(["--num-prompts", "6", "--max-tokens", "8", "--long-output-len", "8", "--hf-batch-size", "4",
                           "--num-kv-blocks", "64"], vllm_llm=llm)

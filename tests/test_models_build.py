@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from labs.models import build
-from labs.models.recipe import CapstoneTrainConfig, TinyModelConfig, TrainConfig, phrasebook_key
+from labs.core.models import build
+from labs.core.models.recipe import CapstoneTrainConfig, TinyModelConfig, TrainConfig, phrasebook_key
 
 
 def test_shipped_phrasebook_was_built_from_todays_recipe() -> None:
@@ -50,7 +50,7 @@ def test_a_changed_recipe_refuses_the_shipped_weights(tmp_path: Path, monkeypatc
     info = json.loads((stale / "build_info.json").read_text())
     (stale / "build_info.json").write_text(json.dumps(info | {"key": "0000000000000000"}))
     monkeypatch.setattr(build, "SHIPPED_PHRASEBOOK_DIR", stale)
-    with pytest.raises(build.StaleShippedModelError, match="python -m labs.models train --ship"):
+    with pytest.raises(build.StaleShippedModelError, match="python -m labs.core.models train --ship"):
         build.install_phrasebook(tmp_path / "models")
     assert not (tmp_path / "models" / "tiny-phrasebook").exists()
 
@@ -71,7 +71,7 @@ def test_smoke_train_lowers_the_loss() -> None:
     import torch
     from transformers import PreTrainedTokenizerFast
 
-    from labs.models.train import train_capstone, train_phrasebook
+    from labs.core.models.train import train_capstone, train_phrasebook
 
     tok = PreTrainedTokenizerFast.from_pretrained(build.SHIPPED_PHRASEBOOK_DIR)
     small = TinyModelConfig(hidden_size=64, num_attention_heads=2, num_key_value_heads=1, num_hidden_layers=1,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from labs.models import resolve as r
+from labs.core.models import resolve as r
 
 
 def _model_dir(path: Path) -> Path:
@@ -87,7 +87,7 @@ def test_models_cli_reports_missing_model_without_traceback(isolated: Path) -> N
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "labs.models", "which", "no-such-model"],
+    proc = subprocess.run([sys.executable, "-m", "labs.core.models", "which", "no-such-model"],
                           capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "HOME": str(isolated)})
     assert proc.returncode == 2
     assert "was not found. Looked in:" in proc.stderr and "Traceback" not in proc.stderr

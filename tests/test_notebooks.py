@@ -11,7 +11,7 @@ import nbformat
 import psutil
 import pytest
 
-from labs.notebooks import NOTEBOOKS_DIR, ExecutedNotebook, execute_notebook
+from labs.core.notebooks import NOTEBOOKS_DIR, ExecutedNotebook, execute_notebook
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `any_model_notebooks`, whatever pytest's import mode
 from any_model_notebooks import ANY_MODEL, ANY_MODEL_NOTEBOOKS, execute_on_model, problems  # noqa: E402
@@ -19,7 +19,7 @@ from any_model_notebooks import ANY_MODEL, ANY_MODEL_NOTEBOOKS, execute_on_model
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
 # Notebooks that leave state in the working copy (servers, log folders, journals under runs/):
 # a learner's second run meets the first run's leftovers, so the tests run these twice.
-RERUN_NOTEBOOKS = ["06_profiling.ipynb", "07_capstone_translation.ipynb"]
+RERUN_NOTEBOOKS = ["06_profiling.ipynb", "capstone_translation.ipynb"]
 # A notebook says a target was missed with one of these; a miss must be explained where the
 # figure depends on the machine or model, never printed as a routine outcome.
 MISS_MARKERS = ("NOT met", "TARGET MISSED", "DIFFERENT", "✗")

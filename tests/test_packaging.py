@@ -47,7 +47,7 @@ def test_environment_yml_python_matches_requires_python() -> None:
 
 
 def test_vllm_pinned_to_one_version_everywhere() -> None:
-    from labs.vllm_internals import PINNED_VLLM_VERSION
+    from labs.core.vllm_internals import PINNED_VLLM_VERSION
 
     assert f"vllm=={PINNED_VLLM_VERSION}" in _pyproject()["project"]["optional-dependencies"]["gpu"]
     assert f"VLLM_VERSION := {PINNED_VLLM_VERSION}" in (REPO_ROOT / "Makefile").read_text()

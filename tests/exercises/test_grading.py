@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from labs.grading import implementation_module_name, load_implementation
+from labs.core.grading import implementation_module_name, load_implementation
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
 
 
 def test_choice_of_implementation() -> None:
-    assert implementation_module_name("lab1_basic", "solution") == "labs.solutions.lab1_basic"
-    assert implementation_module_name("lab1_basic", "learner") == "labs.exercises.lab1_basic"
+    assert implementation_module_name("lab1_basic", "solution") == "labs.lab1_basic_inference.solution"
+    assert implementation_module_name("lab1_basic", "learner") == "labs.lab1_basic_inference.exercise"
     assert implementation_module_name("lab1_basic", "tests.exercises.broken_lab1") == "tests.exercises.broken_lab1"
 
 

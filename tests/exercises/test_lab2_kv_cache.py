@@ -3,7 +3,7 @@
 Differential testing: each trace below (requests arriving, sharing prefixes, decoding, running
 out of blocks, being preempted, finishing) is replayed through the implementation under test
 and through vLLM's own KVCacheManager, built standalone (no engine, no model; see
-labs.vllm_internals.make_kv_cache_manager). After every operation both must agree on every live
+labs.core.vllm_internals.make_kv_cache_manager). After every operation both must agree on every live
 request's block ids, the number of free blocks, the prefix-cache hit and whether the allocation
 succeeded. vLLM is the answer key, so nothing here hard-codes a block id.
 
@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from labs import vllm_internals as vi
-from labs.grading import load_implementation
-from labs.mini.request import Request
-from labs.solutions import lab2_kv_cache as reference
+from labs.core import vllm_internals as vi
+from labs.core.grading import load_implementation
+from labs.core.mini.request import Request
+from labs.lab2_paged_attention import solution_kv_cache as reference
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from labs.grading import load_implementation
-from labs.solutions import lab2_paged_attention as reference
+from labs.core.grading import load_implementation
+from labs.lab2_paged_attention import solution_paged_attention as reference
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 - shards: concatenated over the ranks they must give back the checkpoint's weight, and each
   rank's output must be the slice (column) or the partial sum (row) that Megatron's recipe needs;
 - the sharded MLP: runs in 2 real processes (torch.distributed, gloo on the CPU / NCCL on GPUs)
-  and must equal the one-process MLP of labs.mini, after exactly one all-reduce per rank;
+  and must equal the one-process MLP of labs.core.mini, after exactly one all-reduce per rank;
 - parameters per rank: against what the workbook's TP layers really build on every rank (1, 2, 4
   ranks; tiny-phrasebook and a Qwen2.5-0.5B-shaped config), and against vLLM's own TP=2 workers.
 
@@ -21,9 +21,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from labs.grading import implementation_module_name, load_implementation
-from labs.mini.config import ModelShape
-from labs.tensor_parallel.layers import build_rank_model, head_ids_for_rank
+from labs.core.grading import implementation_module_name, load_implementation
+from labs.core.mini.config import ModelShape
+from labs.lab4_tensor_parallel.layers import build_rank_model, head_ids_for_rank
 
 BROKEN = "tests.exercises.broken_lab4"
 WORLD_SIZES = (1, 2, 4)
@@ -77,9 +77,9 @@ def check_row_shards(impl: Any, checkpoint: dict[str, torch.Tensor]) -> None:
 
 
 def check_sharded_mlp(impl_module: str, model_path: Path, checkpoint: dict[str, torch.Tensor], layer: int = 1) -> None:
-    from labs.mini.model import Qwen2MLP
-    from labs.tensor_parallel.checks import mlp_exercise_task
-    from labs.tensor_parallel.launcher import run_ranks
+    from labs.core.mini.model import Qwen2MLP
+    from labs.lab4_tensor_parallel.checks import mlp_exercise_task
+    from labs.lab4_tensor_parallel.launcher import run_ranks
 
     shape = ModelShape.from_model_dir(model_path)
     dense = Qwen2MLP(shape)
@@ -155,7 +155,7 @@ def test_params_per_rank_match_the_tp_layers(impl: Any, model_path: Path) -> Non
 @pytest.mark.engine
 def test_params_per_rank_match_vllm_workers(impl: Any, model_path: Path) -> None:
     """vLLM's own TP=2 workers (their repacked weights read back through their GEMMs)."""
-    from labs.tensor_parallel.vllm_tp import run_tp_in_subprocess
+    from labs.lab4_tensor_parallel.vllm_tp import run_tp_in_subprocess
 
     report = run_tp_in_subprocess(2)
     predicted = impl.num_params_per_rank(ModelShape.from_model_dir(model_path), 2)

@@ -1,0 +1,81 @@
+"""Which implementation of an exercise runs: the reference solution or yours.
+
+CS336-style: each lab folder holds the learner's file (`labs/<lab>/exercise*.py`, stubs that
+raise NotImplementedError) beside the reference (`solution*.py`). Everything that uses an
+exercise's functions (the graded tests in `tests/exercises/`, the mini engine, the Lab 4 and 5
+code) asks this switch for them, so CI stays green on the reference while you grade yours:
+
+    make grade LAB=1                       # your answers  (LABS_GRADE=learner)
+    pytest tests/exercises                 # the reference (LABS_GRADE=solution, the default)
+    LABS_GRADE=some.module pytest ...      # any module with the same functions
+
+Why names and not imports: the shared core (the mini engine) must not import a lab; it names
+the exercise, and the switch loads the module the learner chose.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+GRADE_ENV = "LABS_GRADE"
+
+# exercise -> (lab package, file suffix): "learner" loads exercise<suffix>, "solution" solution<suffix>
+EXERCISES: dict[str, tuple[str, str]] = {
+    "lab1_basic": ("labs.lab1_basic_inference", ""),
+    "lab2_kv_cache": ("labs.lab2_paged_attention", "_kv_cache"),
+    "lab2_paged_attention": ("labs.lab2_paged_attention", "_paged_attention"),
+    "lab3_scheduler": ("labs.lab3_continuous_batching", ""),
+    "lab4_tensor_parallel": ("labs.lab4_tensor_parallel", ""),
+    "lab5_kv_quant": ("labs.lab5_kv_quantization", ""),
+}
+
+
+def implementation_module_name(exercise: str, choice: str | None = None) -> str:
+    """Module name for `exercise` (a key of EXERCISES) under `choice` (default: $LABS_GRADE).
+
+    Args:
+        exercise: e.g. "lab2_kv_cache".
+        choice: "solution", "learner", or an explicit module path; None reads $LABS_GRADE.
+
+    Returns:
+        A dotted module name, e.g. "labs.lab2_paged_attention.solution_kv_cache".
+    """
+    choice = choice or os.environ.get(GRADE_ENV, "solution")
+    if choice not in ("solution", "learner"):
+        return choice  # an explicit module path
+    if exercise not in EXERCISES:
+        raise KeyError(f"unknown exercise {exercise!r}; known: {', '.join(EXERCISES)}")
+    package, suffix = EXERCISES[exercise]
+    return f"{package}.{'exercise' if choice == 'learner' else 'solution'}{suffix}"
+
+
+def load_implementation(exercise: str, choice: str | None = None) -> ModuleType:
+    """The module `implementation_module_name` names, imported."""
+    return importlib.import_module(implementation_module_name(exercise, choice))
+
+
+def reference(exercise: str) -> ModuleType:
+    """The reference solution of `exercise`, whatever $LABS_GRADE says.
+
+    Why: parts of the engine that a lab does not grade (e.g. Lab 3's scheduler while you grade
+    Lab 2) must stay the reference, so one learner stub cannot break another lab's checks.
+    """
+    return load_implementation(exercise, "solution")
+
+
+ENGINE_ENV = "LABS_ENGINE"
+
+
+def engine_part(exercise: str) -> ModuleType:
+    """The implementation the mini engine is assembled from: the reference unless $LABS_ENGINE says.
+
+    Why a second switch: `make grade LAB=5` (LABS_GRADE=learner) runs the mini engine, which must
+    not pick up the still-unanswered stubs of Labs 2 and 3. `LABS_ENGINE=learner` builds the
+    engine from the learner's own block manager, scheduler and paged attention.
+
+    Args:
+        exercise: "lab2_kv_cache", "lab2_paged_attention" or "lab3_scheduler".
+    """
+    return load_implementation(exercise, os.environ.get(ENGINE_ENV) or "solution")

@@ -1,0 +1,1 @@
+"""lab2_paged_attention"""

@@ -1,0 +1,1 @@
+"""lab3_continuous_batching"""

@@ -1,1 +1,0 @@
-"""A from-scratch, readable LLM inference engine with vLLM's shape: see labs/mini/README.md."""

@@ -1,1 +1,0 @@
-"""Reference solutions. Try the exercises in labs/exercises/ first."""

@@ -1,0 +1,143 @@
+"""Lab 6 (labs/lab6_profiling/profiling.py) against the real engine: vLLM's profiler, stage timing, roofline, py-spy.
+
+The profiler needs an engine built with `profiler_config`, so it runs in a subprocess (a second
+engine in this process could not be freed without breaking the session `llm`); stage timing and
+the roofline use the session engine; py-spy dumps a real server started with `labs.core.serve`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from labs.lab6_profiling import profiling as prof
+from labs.core import vllm_internals as vi
+from tests.conftest import REPO_ROOT, TEST_MODEL
+
+PROFILE_CHILD = """
+import json, sys
+from pathlib import Path
+from vllm import SamplingParams
+from labs.lab6_profiling import profiling as prof
+from labs.core.engine import free_llm, make_llm
+
+llm = make_llm(verbose=False, profiler_config=prof.profiler_config(Path(sys.argv[1])))
+prompts = [[10 + i + j for j in range(20 + 3 * i)] for i in range(3)]  # 20, 23, 26 prompt tokens
+params = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
+llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)  # warm-up, not profiled
+result = prof.profile_generate(llm, [{"prompt_token_ids": p} for p in prompts], params, prefix="test")
+free_llm(llm)
+print(json.dumps({"trace_path": str(result.trace_path), "num_prompt_tokens": sum(map(len, prompts)),
+                  "top_ops": result.top_ops.to_dict("records"), "vllm_table": result.vllm_table}))
+"""
+
+
+@pytest.fixture(scope="module")
+def profiled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    trace_dir = tmp_path_factory.mktemp("profiles")
+    done = subprocess.run([sys.executable, "-c", PROFILE_CHILD, str(trace_dir)], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "trace_dir": trace_dir}
+
+
+@pytest.mark.engine
+def test_vllm_profiler_writes_a_perfetto_trace(profiled: dict[str, Any]) -> None:
+    trace_path = Path(profiled["trace_path"])
+    assert trace_path.parent == profiled["trace_dir"] and trace_path.name.endswith(".pt.trace.json")
+    events = json.loads(trace_path.read_text())["traceEvents"]  # valid JSON, as Perfetto loads it
+    timed = [e for e in events if e.get("ph") == "X" and e.get("dur", 0) > 0]
+    assert len(timed) > 100, "a few engine steps run hundreds of operators"
+
+
+@pytest.mark.engine
+def test_trace_names_each_engine_step_by_its_prefill_and_decode_work(profiled: dict[str, Any]) -> None:
+    steps = prof.annotated_steps(Path(profiled["trace_path"]))
+    assert len(steps) >= 4 and (steps["ms"] > 0).all()
+    first = steps.iloc[0]
+    # All three prompts fit in one step's token budget: the first step prefills every prompt token.
+    assert (first.prefill_reqs, first.prefill_tokens, first.decode_reqs) == (3, profiled["num_prompt_tokens"], 0)
+    assert (steps.iloc[1:]["decode_tokens"] == 3).all() and (steps.iloc[1:]["prefill_tokens"] == 0).all()
+
+
+@pytest.mark.engine
+def test_top_operators_by_self_cpu_time(profiled: dict[str, Any]) -> None:
+    ops = profiled["top_ops"]
+    assert ops and all(op["self_cpu_ms"] > 0 and op["calls"] > 0 for op in ops)
+    self_ms = [op["self_cpu_ms"] for op in ops]
+    assert self_ms == sorted(self_ms, reverse=True)
+    assert all(op["self_cpu_ms"] <= op["cpu_total_ms"] + 1e-6 for op in ops)
+    assert ops[0]["operator"] in profiled["vllm_table"], "vLLM's own table (sorted the same way) agrees"
+
+
+@pytest.mark.engine
+def test_stage_timing_covers_every_stage_and_restores_the_engine(llm: Any) -> None:
+    from vllm import SamplingParams
+
+    sched = vi.scheduler(llm)
+    before = vars(sched).get("schedule")  # another test may have wrapped it (record_scheduler_outputs)
+    prompts = ["你好", "谢谢", "再见"]
+    table = prof.time_stages(llm, prompts, SamplingParams(temperature=0.0, max_tokens=5, ignore_eos=True))
+    rows = table.set_index("stage")
+    assert list(table["stage"]) == [*prof.STAGES, "other"]
+    assert (rows.loc[list(prof.STAGES), "total_ms"] > 0).all() and (rows.loc[list(prof.STAGES), "calls"] > 0).all()
+    assert rows.loc["tokenization", "calls"] == len(prompts)
+    assert rows.loc["forward", "calls"] == rows.loc["sampling", "calls"] == 5, "one forward + sample per step"
+    assert abs(table["share"].sum() - 1) < 1e-6
+    assert vars(sched).get("schedule") is before and "execute_model" not in vars(vi.model_runner(llm))
+
+
+@pytest.mark.engine
+def test_decode_roofline_is_sane(llm: Any, hf_model: Any) -> None:
+    from labs.lab1_basic_inference.solution import kv_cache_bytes_per_token
+
+    config = hf_model.config
+    # The engine's numbers against the checkpoint's: bf16 weights, K and V of every layer.
+    assert vi.model_weight_bytes(llm) == 2 * sum(p.numel() for p in hf_model.parameters())
+    assert vi.kv_cache_bytes_per_token(llm) == kv_cache_bytes_per_token(
+        config.num_hidden_layers, config.num_key_value_heads, config.hidden_size // config.num_attention_heads, 2)
+    bandwidth = prof.measure_memory_bandwidth(num_bytes=64 * 2**20, repeats=5)
+    assert bandwidth > 0
+    table = prof.decode_roofline(llm, [1, 4], bandwidth, num_decode_steps=6)
+    assert (table["step_ms"] > 0).all() and (table["tokens_per_s"] > 0).all()
+    assert ((table["fraction_of_bound"] > 0) & (table["fraction_of_bound"] <= 1.5)).all(), table
+    assert table["MB_per_step"].is_monotonic_increasing, "more requests read more KV cache"
+    assert not vi.scheduler(llm).requests, "every roofline request finished"
+
+
+@pytest.fixture(scope="module")
+def server_pid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    from labs.core import serve
+
+    log_dir = tmp_path_factory.mktemp("serve") / "logs"
+    port = serve.find_free_port()
+    config = serve.build_config(TEST_MODEL, port=port, log_dir=log_dir, session_name=f"vllm-test-profiling-{port}")
+    try:
+        with pytest.MonkeyPatch.context() as env:  # start it as from a shell, not with the session engine's setting
+            env.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+            serve.start_background(config, timeout_s=300, echo=lambda _: None)
+        yield serve.read_record(log_dir).pid
+    finally:
+        serve.stop(log_dir=log_dir, grace_s=10, echo=lambda _: None)
+
+
+@pytest.mark.server
+def test_py_spy_dump_of_a_server_lists_and_explains_its_threads(server_pid: int) -> None:
+    dump = prof.py_spy_dump(server_pid)
+    if dump.problem and "ptrace" in dump.problem:
+        pytest.skip(f"py-spy cannot attach here: {dump.problem}")
+    assert dump.problem is None, dump.problem
+    by_process = {t.pid for t in dump.threads}
+    assert server_pid in by_process and len(by_process) >= 2, "the API server and its engine core process"
+    roles = {prof.explain_thread(t) for t in dump.threads}
+    assert any(r.startswith("API server: the asyncio event loop") for r in roles), dump.text[-3000:]
+    engine_main = [t for t in dump.threads if t.process == "VLLM::EngineCore" and t.thread == "MainThread"]
+    assert engine_main and any("_process_input_queue" in f for f in engine_main[0].frames), dump.text[-3000:]
+    table = prof.thread_table(dump.threads)
+    assert len(table) == len(dump.threads) and "\x1b" not in dump.text
