@@ -1,6 +1,6 @@
 """Lab 1: basic inference with vLLM, safe to run and step through under a debugger.
 
-Run it:   python my_debug_scripts/step1_basic_inference.py        (or F5 "Lab 1: basic inference")
+Run it:   python my_debug_scripts/step1_basic_inference.py        (or F5 "Lab 1: basic inference (debug-safe)")
 Debug it: python -m debugpy --listen 127.0.0.1:5678 --wait-for-client my_debug_scripts/step1_basic_inference.py
 
 Breakpoints worth setting (with "justMyCode": false, as the F5 configurations have it):

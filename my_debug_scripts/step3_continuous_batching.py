@@ -5,7 +5,7 @@ blocks of 32 tokens, at most 4 running requests and a 64-token budget per step (
 long prompts are prefilled in chunks, the KV cache runs out, the newest running request is
 preempted and later recomputed, and every request still finishes. One line per engine step.
 
-Run it:   python my_debug_scripts/step3_continuous_batching.py   (or F5 "Lab 3: continuous batching")
+Run it:   python my_debug_scripts/step3_continuous_batching.py   (or F5 "Lab 3: continuous batching (debug-safe)")
 Debug it: python -m debugpy --listen 127.0.0.1:5678 --wait-for-client my_debug_scripts/step3_continuous_batching.py
 
 Breakpoints worth setting (with "justMyCode": false, as the F5 configurations have it):

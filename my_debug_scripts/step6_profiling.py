@@ -5,7 +5,7 @@ phrasebook translations between `LLM.start_profile()` and `stop_profile()`, prin
 that took the most CPU time (self time) and the trace file to open in https://ui.perfetto.dev,
 then times each stage of one request (tokenization, scheduling, forward, sampling, detokenization).
 
-Run it:   python my_debug_scripts/step6_profiling.py        (or F5 "Lab 6: profiling")
+Run it:   python my_debug_scripts/step6_profiling.py        (or F5 "Lab 6: profiling (debug-safe)")
 Debug it: python -m debugpy --listen 127.0.0.1:5678 --wait-for-client my_debug_scripts/step6_profiling.py
 Under a debugger every Python line is traced, so the timings grow; the operator ranking barely moves.
 
