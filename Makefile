@@ -8,7 +8,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -qq --progress-bar off
-# Pinned: labs/core/vllm_internals.py is written against this version.
+# Pinned: the package labs/core/vllm_internals/ is written against this version.
 VLLM_VERSION := 0.32.0
 # CPU builds of torch come from PyTorch's own wheel index; tried only if pip cannot find one otherwise.
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu

@@ -1,12 +1,114 @@
-"""The version-checked door to vLLM internals, on the real engine."""
+"""The version-checked door to vLLM internals: the only importer of vLLM's internal modules.
+
+The rule tests read the source (AST), module level and inside functions alike, so a lazy
+`from vllm.v1... import` cannot hide; the live tests run on the real engine.
+"""
 
 from __future__ import annotations
 
+import ast
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from labs.core import vllm_internals as vi
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "labs" / "core" / "vllm_internals"
+CHECKED_TREES = (REPO / "labs", REPO / "my_debug_scripts")
+IMPORTERS = {"import_module", "__import__"}  # importlib.import_module("vllm.x"), __import__("vllm.x")
+
+
+def internal_vllm_imports(source: str, filename: str = "<source>") -> list[tuple[int, str]]:
+    """(line, module) for every import of a `vllm.<submodule>` in `source`.
+
+    `import vllm` and `from vllm import X` are vLLM's public API and pass; `import vllm.envs`,
+    `from vllm.v1.core import ...` and `importlib.import_module("vllm.config")` do not.
+    """
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(source, filename=filename)):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if a.name.startswith("vllm.")]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("vllm."):
+            found.append((node.lineno, node.module))
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            target = node.args[0].value
+            if name in IMPORTERS and isinstance(target, str) and target.startswith("vllm."):
+                found.append((node.lineno, target))
+    return found
+
+
+def _checked_files() -> list[Path]:
+    return sorted(p for tree in CHECKED_TREES for p in tree.rglob("*.py") if PACKAGE not in p.parents)
+
+
+def test_the_rule_catches_every_form_of_internal_import() -> None:
+    source = """
+import vllm
+from vllm import LLM, SamplingParams
+import vllm.envs
+def free():
+    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+import importlib
+importlib.import_module("vllm.sampling_params")
+importlib.import_module("vllm")
+"""
+    assert internal_vllm_imports(source) == [(4, "vllm.envs"), (6, "vllm.distributed.parallel_state"),
+                                             (8, "vllm.sampling_params")]
+
+
+def test_only_this_package_imports_vllm_internals() -> None:
+    """A vLLM upgrade must be a change to labs/core/vllm_internals/ only."""
+    assert len(_checked_files()) > 20 and not any(PACKAGE in p.parents for p in _checked_files())
+    offenders = [f"{path.relative_to(REPO)}:{line}: imports {module}"
+                 for path in _checked_files()
+                 for line, module in internal_vllm_imports(path.read_text(), str(path))]
+    assert not offenders, ("vLLM internals reached outside labs/core/vllm_internals/ (add a function or "
+                           "re-export there instead):\n" + "\n".join(offenders))
+
+
+def test_the_package_imports_no_lab() -> None:
+    offenders = []
+    for path in sorted(PACKAGE.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.relative_to(REPO)}:{node.lineno}: imports {name}" for name in names
+                          if name.startswith(("labs.lab", "labs.capstone_translation"))]
+    assert not offenders, "\n".join(offenders)
+
+
+def test_importing_the_package_imports_no_vllm() -> None:
+    """The debugger plugin, `make doctor` and engine-free tests import it; vLLM takes seconds."""
+    code = "import sys, labs.core.vllm_internals as vi; vi.PINNED_VLLM_VERSION; print('vllm' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.stdout.strip() == "False", proc.stderr[-2000:]
+
+
+def test_request_output_kind_is_vllms_own_enum() -> None:
+    from vllm.sampling_params import RequestOutputKind
+
+    from labs.core.vllm_internals import RequestOutputKind as reexported
+
+    assert reexported is RequestOutputKind is vi.RequestOutputKind
+    with pytest.raises(AttributeError):
+        vi.no_such_name  # noqa: B018
+
+
+def test_scheduler_decision_reads_plain_values() -> None:
+    output = SimpleNamespace(num_scheduled_tokens={"b-12345678": 1, "a-87654321": 40},
+                             scheduled_new_reqs=[SimpleNamespace(req_id="a-87654321", num_computed_tokens=32),
+                                                 SimpleNamespace(req_id="c-11111111", num_computed_tokens=0)],
+                             preempted_req_ids={"z-1", "d-2"})
+    decision = vi.scheduler_decision(output)
+    assert list(decision.num_scheduled_tokens) == ["b-12345678", "a-87654321"]
+    assert decision.num_cached_tokens == {"a-87654321": 32} and decision.preempted_req_ids == ["d-2", "z-1"]
 
 
 def test_installed_vllm_is_the_pinned_version() -> None:

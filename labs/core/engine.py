@@ -128,12 +128,9 @@ def free_llm(llm: Any) -> None:
     It also tears down vLLM's process-wide distributed state, so free the engines of a process
     one at a time: an engine still running beside the freed one stops working.
     """
-    engine = getattr(llm, "llm_engine", None)
-    if engine is not None:
-        engine.engine_core.shutdown()
-    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+    from labs.core.vllm_internals import cleanup_dist_env_and_memory, shutdown_engine_core
 
-    del engine
+    shutdown_engine_core(llm)
     try:
         del llm.llm_engine
     except AttributeError:

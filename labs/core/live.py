@@ -1,8 +1,10 @@
 """Watch the real engine step by step: what each `step()` scheduled, allocated, preempted, finished.
 
 `LLMEngine.step()` returns only finished text; the scheduler's decision (its `SchedulerOutput`)
-is recorded through `labs.core.vllm_internals.record_scheduler_outputs`, and the queues and block
-tables are read from the live scheduler after the step.
+is recorded through `labs.core.vllm_internals.record_scheduler_outputs` (and read back as plain
+values with `scheduler_decision`), and the queues and block tables are read from the live
+scheduler after the step. Beyond `LLM.llm_engine`'s public methods, this module reads no vLLM
+structure itself: `labs.core.vllm_internals` does.
 """
 
 from __future__ import annotations
@@ -71,13 +73,12 @@ class EngineObserver:
         scheduled: dict[str, int] = {}
         cached: dict[str, int] = {}
         preempted: list[str] = []
-        for sched_out in recorded:  # one per step (more only if the engine stepped twice)
-            for rid, n in sched_out.num_scheduled_tokens.items():
+        for decision in map(vi.scheduler_decision, recorded):  # one per step (more if the engine stepped twice)
+            for rid, n in decision.num_scheduled_tokens.items():
                 scheduled[vi.external_request_id(rid)] = scheduled.get(vi.external_request_id(rid), 0) + n
-            for new_req in sched_out.scheduled_new_reqs:
-                if new_req.num_computed_tokens:
-                    cached[vi.external_request_id(new_req.req_id)] = new_req.num_computed_tokens
-            preempted += [vi.external_request_id(r) for r in sorted(sched_out.preempted_req_ids or ())]
+            for rid, n in decision.num_cached_tokens.items():
+                cached[vi.external_request_id(rid)] = n
+            preempted += [vi.external_request_id(r) for r in decision.preempted_req_ids]
         self.last_step_outputs = {vi.external_request_id(out.request_id): out for out in outputs}
         for out in outputs:
             if out.finished:

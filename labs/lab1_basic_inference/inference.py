@@ -114,7 +114,7 @@ def trace_request(llm: Any, prompt: str, sampling_params: Any, max_steps: int = 
     )
     if llm.llm_engine.has_unfinished_requests():
         raise RuntimeError("trace_request needs an idle engine: other requests would share its steps.")
-    from vllm.sampling_params import RequestOutputKind
+    from labs.core.vllm_internals import RequestOutputKind
 
     # LLM.generate/chat switch the params they are given to FINAL_ONLY; we want every step's output.
     params = sampling_params.clone()

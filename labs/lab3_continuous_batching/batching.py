@@ -42,7 +42,7 @@ class TraceRequest:
         """Greedy, EOS ignored: exactly `max_tokens` outputs. `final_only`: one output, at the end
         (no per-step output objects while timing)."""
         from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
+        from labs.core.vllm_internals import RequestOutputKind
 
         kind = RequestOutputKind.FINAL_ONLY if final_only else RequestOutputKind.CUMULATIVE
         return SamplingParams(max_tokens=self.max_tokens, ignore_eos=True, temperature=0.0, output_kind=kind)

@@ -1,0 +1,68 @@
+"""Process-wide vLLM state around an engine's life: its env cache, its shutdown, its output kinds.
+
+Why a module: `labs.core.engine` starts and frees several engines in one process (a notebook
+kernel, a test session). Doing that cleanly needs three internal reaches, written here once:
+vLLM's cached view of `os.environ` must be dropped before the next engine reads it, the engine
+core must be shut down, and vLLM's process-wide distributed state must be torn down. The labs
+also pick a request's `RequestOutputKind`, which vLLM does not export from its top level.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from labs.core.vllm_internals.version import check_vllm_version
+
+
+def disable_envs_cache() -> None:
+    """Let vLLM re-read os.environ: after an engine starts, vLLM caches its env vars.
+
+    Why: `make_llm` exports a different environment per engine (threads, multiprocessing);
+    without this the second engine of a process would still see the first one's values.
+    """
+    import vllm.envs
+
+    vllm.envs.disable_envs_cache()
+
+
+def shutdown_engine_core(llm_or_engine: Any) -> None:
+    """Stop the engine core of an `LLM` (or `LLMEngine`): its busy loop, worker processes or threads.
+
+    Why: dropping the last reference is not enough while the core's own threads and processes
+    hold it; `LLMEngine.engine_core` is the client (in-process or not) that owns them.
+
+    Args:
+        llm_or_engine: a `vllm.LLM` or its `llm_engine`; one with no engine yet is left alone.
+    """
+    engine = getattr(llm_or_engine, "llm_engine", llm_or_engine)
+    client = getattr(engine, "engine_core", None)
+    if client is not None:
+        client.shutdown()
+
+
+def cleanup_dist_env_and_memory() -> None:
+    """Tear down vLLM's process-wide distributed state (process groups, TP/PP groups) and caches.
+
+    Why: vLLM keeps its parallel groups in module globals (vllm/distributed/parallel_state.py),
+    so a second engine in the same process fails until they are destroyed. Any engine still
+    running in this process stops working, so free engines one at a time.
+    """
+    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory as cleanup
+
+    cleanup()
+
+
+def request_output_kind_enum() -> Any:
+    """vLLM's `RequestOutputKind` enum (CUMULATIVE, DELTA, FINAL_ONLY), imported when first needed.
+
+    Why: a `SamplingParams.output_kind` decides whether the engine reports a request on every
+    step or only at the end; the enum lives in `vllm.sampling_params`, not in `vllm`'s public
+    namespace. Reach it as `labs.core.vllm_internals.RequestOutputKind`.
+
+    Returns:
+        The enum class.
+    """
+    check_vllm_version()
+    from vllm.sampling_params import RequestOutputKind
+
+    return RequestOutputKind
