@@ -28,7 +28,8 @@ import sys  # noqa: E402
 
 
 def main() -> int:
-    from labs.lab3_continuous_batching.batching import SCARCE_KV, preemption_scenario, request_summary
+    from labs.lab3_continuous_batching.batching import SCARCE_KV, request_summary
+    from labs.lab3_continuous_batching.traces import preemption_scenario
     from labs.core.engine import free_llm, make_llm
     from labs.core.live import EngineObserver, StepObservation
 

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import torch
 
-from labs.lab3_continuous_batching.batching import TraceRequest, equal_lengths_trace, mixed_lengths_trace
+from labs.lab3_continuous_batching.traces import TraceRequest, equal_lengths_trace, mixed_lengths_trace
 from labs.lab3_continuous_batching.costs import expected_steps
 from labs.core.models import resolve_model
 
@@ -71,7 +71,7 @@ def run_engine_side(out_path: str) -> None:
 @pytest.fixture(scope="module")
 def engine_record(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("any-model") / "record.json"
-    code = f"from tests.test_any_model import run_engine_side; run_engine_side({str(out)!r})"
+    code = f"from {__name__} import run_engine_side; run_engine_side({str(out)!r})"
     env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                           timeout=900)

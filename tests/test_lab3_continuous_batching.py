@@ -22,8 +22,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from labs.lab3_continuous_batching.batching import (SCARCE_KV, TraceRequest, equal_lengths_trace, mixed_lengths_trace, plot_steps,
-                           preemption_scenario, request_summary, steps_table, summarize_batching)
+from labs.lab3_continuous_batching.batching import (SCARCE_KV, plot_steps, request_summary, steps_table,
+                                                    summarize_batching)
+from labs.lab3_continuous_batching.traces import TraceRequest, equal_lengths_trace, mixed_lengths_trace, preemption_scenario
 from labs.lab3_continuous_batching.costs import expected_steps, running_per_step
 from labs.core.live import StepObservation
 
@@ -64,7 +65,7 @@ def record_live_run(out_path: str) -> None:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("lab3") / "live.json"
-    code = f"from tests.test_lab3_live import record_live_run; record_live_run({str(out)!r})"
+    code = f"from {__name__} import record_live_run; record_live_run({str(out)!r})"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads(out.read_text(encoding="utf-8"))

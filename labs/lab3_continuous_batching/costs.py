@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from labs.lab3_continuous_batching.batching import TraceRequest, distinct_prompt
+from labs.lab3_continuous_batching.traces import TraceRequest, distinct_prompt
 
 STEP_COST_BATCH_SIZES = (1, 2, 4, 8)
 CONTENDED = 2.0  # a run's mean step this many times the slowest measured step means other work slowed it

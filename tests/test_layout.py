@@ -1,0 +1,168 @@
+"""The layout's rules, read from the code: one folder per lab, a shared core that never imports a lab.
+
+Why a test: a layout is only as good as the next import someone adds. The imports are read from
+the source (AST), module level and inside functions alike, so a lazy import cannot hide a
+dependency; imports under `if TYPE_CHECKING:` are left out, since they never run.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LABS = REPO / "labs"
+LAB_DIR = re.compile(r"^lab(\d+)_(\w+)$")
+LAB_DIRS = sorted(p for p in LABS.iterdir() if p.is_dir() and LAB_DIR.match(p.name))
+CAPSTONE = "capstone_translation"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES: dict[str, Path] = {module_name(p): p for p in LABS.rglob("*.py")}
+
+
+def _type_checking_lines(tree: ast.AST) -> set[int]:
+    """Line numbers inside `if TYPE_CHECKING:` blocks."""
+    lines: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.body:
+                lines.update(range(child.lineno, (child.end_lineno or child.lineno) + 1))
+    return lines
+
+
+def imports_of(path: Path) -> list[tuple[int, str]]:
+    """(line, module) for every workbook module `path` imports at run time.
+
+    `from labs.x import y` counts as importing `labs.x.y` when that is a module, else `labs.x`.
+    """
+    tree = ast.parse(path.read_text(), filename=str(path))
+    skip = _type_checking_lines(tree)
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if getattr(node, "lineno", None) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "labs"]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "labs":
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                found.append((node.lineno, sub if sub in MODULES else node.module))
+    return found
+
+
+def owner(module: str) -> str:
+    """'core', a lab folder's name, 'capstone_translation', or 'command' (labs/demo.py and the like)."""
+    parts = module.split(".")
+    if len(parts) == 1:
+        return "package"
+    if parts[1] == "core":
+        return "core"
+    if LAB_DIR.match(parts[1]) or parts[1] == CAPSTONE:
+        return parts[1]
+    return "command"
+
+
+def edges() -> list[tuple[str, int, str]]:
+    return [(mod, line, target) for mod, path in MODULES.items() for line, target in imports_of(path)]
+
+
+def test_the_core_imports_no_lab() -> None:
+    bad = [f"{MODULES[m].relative_to(REPO)}:{line} imports {t}" for m, line, t in edges()
+           if owner(m) == "core" and owner(t) not in ("core", "package")]
+    assert not bad, "the shared core must not import a lab or a command:\n" + "\n".join(bad)
+
+
+def test_a_lab_does_not_import_another_labs_exercises_or_solutions() -> None:
+    bad = [f"{MODULES[m].relative_to(REPO)}:{line} imports {t}" for m, line, t in edges()
+           if owner(m) not in ("core", "command", "package") and owner(t) not in ("core", "package", owner(m))
+           and t.rsplit(".", 1)[-1].startswith(("solution", "exercise"))]
+    assert not bad, "take another lab's pieces through labs.core.grading:\n" + "\n".join(bad)
+
+
+def _strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Tarjan's algorithm: the import circles (components of more than one module)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    circles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return circles
+
+
+def test_no_import_circle() -> None:
+    graph: dict[str, set[str]] = {}
+    for m, _, t in edges():
+        if t != m:
+            graph.setdefault(m, set()).add(t)
+    circles = _strongly_connected(graph)
+    assert not circles, "import circles:\n" + "\n".join(" <-> ".join(c) for c in circles)
+
+
+def test_the_circle_finder_finds_a_circle() -> None:
+    assert _strongly_connected({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _strongly_connected({"a": {"b"}, "b": set()}) == []
+
+
+def _launch_config_names() -> list[str]:
+    text = (REPO / ".vscode" / "launch.json").read_text()
+    text = re.sub(r'^\s*//.*$', "", text, flags=re.M)  # comments start their line in this file
+    return [c["name"] for c in json.loads(text)["configurations"]]
+
+
+@pytest.mark.parametrize("lab_dir", LAB_DIRS, ids=[p.name for p in LAB_DIRS])
+def test_each_lab_has_its_parts_under_one_name(lab_dir: Path) -> None:
+    number, topic = LAB_DIR.match(lab_dir.name).groups()
+    assert (lab_dir / "README.md").is_file(), f"{lab_dir.name}: no README.md"
+    exercises = {p.name.removeprefix("exercise") for p in lab_dir.glob("exercise*.py")}
+    solutions = {p.name.removeprefix("solution") for p in lab_dir.glob("solution*.py")}
+    assert exercises == solutions, f"{lab_dir.name}: each exercise file needs its solution file and back"
+    assert (REPO / "notebooks" / f"{int(number):02d}_{topic}.ipynb").is_file()
+    assert (REPO / "my_debug_scripts" / f"step{number}_{topic}.py").is_file()
+    assert list((REPO / "tests").glob(f"test_lab{number}_{topic}*.py")), f"no tests/test_lab{number}_{topic}*.py"
+    names = _launch_config_names()
+    assert any(n.startswith(f"Lab {number}: ") for n in names), f"no launch configuration named 'Lab {number}: ...'"
+    for test in (REPO / "tests" / "exercises").glob(f"test_lab{number}_*.py"):
+        assert test.stem.startswith(f"test_lab{number}_"), test
+
+
+def test_every_lab_with_exercises_is_graded() -> None:
+    """Each exercise file is in the grading switch's table, so `make grade LAB=N` and the engine find it."""
+    from labs.core.grading import EXERCISES, implementation_module_name
+
+    listed = {implementation_module_name(name, "learner") for name in EXERCISES}
+    on_disk = {module_name(p) for p in LABS.glob("*/exercise*.py")}
+    assert listed == on_disk
