@@ -6,23 +6,68 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from labs.core.engine import make_llm
-from labs.core.hardware import UnsupportedHardwareError, detect_hardware
+from labs.core.hardware import CPU_BLOCK_SIZE, UnsupportedHardwareError, detect_hardware
+from labs.core.models.phrasebook import load_phrasebook, translation_messages
 from labs.core.models.resolve import ModelNotFoundError
 
 
 @pytest.mark.engine
-def test_make_llm_generates_and_records_why(llm: Any) -> None:
+def test_make_llm_generates_and_records_why(llm: Any, model_path: Path, hf_model: Any) -> None:
+    """Greedy tokens: repeatable, equal to transformers' on the prompt the tokenizer renders, as many as asked."""
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig
     from vllm import SamplingParams
 
     run = llm.workbook_run_info
-    assert run.model.name == "tiny-phrasebook" and "Model:" in run.describe()
-    (out,) = llm.generate(["<|im_start|>user\nテスト<|im_end|>\n"], SamplingParams(max_tokens=8), use_tqdm=False)
-    assert out.outputs[0].token_ids
+    assert run.model.name == "tiny-phrasebook" and Path(run.model.path) == model_path
+    hf_tokenizer = AutoTokenizer.from_pretrained(model_path)  # the tokenizer files, not vLLM's copy
+    entry = load_phrasebook()[3]
+    prompt = hf_tokenizer.apply_chat_template(translation_messages(entry.ja), add_generation_prompt=True,
+                                              tokenize=False)
+    (first,) = llm.generate([prompt], SamplingParams(temperature=0.0, max_tokens=48), use_tqdm=False)
+    (again,) = llm.generate([prompt], SamplingParams(temperature=0.0, max_tokens=48), use_tqdm=False)
+    assert list(first.prompt_token_ids) == hf_tokenizer.encode(prompt, add_special_tokens=False)
+    tokens = list(first.outputs[0].token_ids)
+    assert list(again.outputs[0].token_ids) == tokens, "greedy decoding differs between two identical calls"
+
+    with torch.inference_mode():  # the second, independent path: transformers on the same weights
+        expected = hf_model.generate(torch.tensor([first.prompt_token_ids]), max_new_tokens=48,
+                                     do_sample=False)[0, len(first.prompt_token_ids):].tolist()
+    assert tokens == expected, (hf_tokenizer.decode(tokens), hf_tokenizer.decode(expected))
+    assert first.outputs[0].text == entry.zh  # a phrasebook entry tiny-phrasebook has learned
+
+    # max_tokens is the count unless EOS came first: this answer stops on EOS, a cut one at max_tokens.
+    eos_ids = set(GenerationConfig.from_pretrained(model_path).eos_token_id) | {hf_tokenizer.eos_token_id}
+    assert first.outputs[0].finish_reason == "stop" and len(tokens) < 48 and tokens[-1] in eos_ids
+    assert not eos_ids & set(tokens[:-1]), "generation went on past an EOS token"
+    (cut,) = llm.generate([prompt], SamplingParams(temperature=0.0, max_tokens=3), use_tqdm=False)
+    assert cut.outputs[0].finish_reason == "length" and list(cut.outputs[0].token_ids) == tokens[:3]
+
+
+@pytest.mark.engine
+def test_engine_settings_match_the_detected_hardware(llm: Any) -> None:
+    """The engine runs with what labs.core.hardware chose for this machine, and make_llm says so."""
+    run = llm.workbook_run_info
+    hw = detect_hardware()
+    assert run.hardware == hw and f"Hardware: {hw.describe()}" in run.describe()
+    config = llm.llm_engine.vllm_config
+    assert config.parallel_config.tensor_parallel_size == 1
+    if hw.device == "cuda":
+        assert config.cache_config.gpu_memory_utilization == run.settings.engine_kwargs["gpu_memory_utilization"]
+        return
+    assert config.device_config.device_type == "cpu"
+    assert config.cache_config.block_size == CPU_BLOCK_SIZE == run.settings.engine_kwargs["block_size"]
+    assert config.model_config.enforce_eager is True
+    space_gib = int(os.environ["VLLM_CPU_KVCACHE_SPACE"])  # what make_llm exported (or the user set)
+    assert space_gib == int(run.settings.env.get("VLLM_CPU_KVCACHE_SPACE", space_gib))
+    assert config.cache_config.kv_cache_memory_bytes == space_gib * 2**30, "the engine did not read it"
+    assert any(f"block_size={CPU_BLOCK_SIZE}" in reason for reason in run.settings.reasons)
 
 
 def test_missing_model_is_a_clear_error() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import glob
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `dap_client`, whatever pytest's import mode
 from dap_client import consecutive_free_ports  # noqa: E402
+from labs.core.errors import WorkbookError
 from labs.core.hardware import (
     Hardware,
     UnsupportedHardwareError,
@@ -26,11 +29,53 @@ def _hw(**changes) -> Hardware:
     return dataclasses.replace(base, **changes)
 
 
+def _this_machine() -> dict:
+    """What describe() must say, read here without labs.core.hardware: affinity mask, /proc, /sys, /dev."""
+    first_cpu = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+    fields = dict((k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in first_cpu.splitlines()))
+    (mem_kib,) = [int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                  if line.startswith("MemTotal:")]
+    allowed = os.sched_getaffinity(0)
+    numa_nodes = [d for d in Path("/sys/devices/system/node").glob("node[0-9]*")
+                  if allowed & set(_cpus_of(d / "cpulist"))]
+    return {"model": fields["model name"], "flags": set(fields["flags"].split()), "cores": len(allowed),
+            "numa_nodes": max(1, len(numa_nodes)), "mem_gib": mem_kib / 2**20,  # no NUMA information: one node
+            "nvidia_devices": sorted(glob.glob("/dev/nvidia[0-9]*"))}
+
+
+def _cpus_of(cpulist: Path) -> list[int]:
+    ids: list[int] = []
+    for part in filter(None, cpulist.read_text().strip().split(",")):
+        lo, _, hi = part.partition("-")
+        ids += range(int(lo), int(hi or lo) + 1)
+    return ids
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="reads Linux's /proc")
 def test_detect_hardware_reads_this_machine() -> None:
     hw = detect_hardware()
-    assert hw.device in ("cpu", "cuda")
-    assert hw.num_cpu_cores >= 1 and hw.numa_node_cpu_ids
-    assert hw.describe()
+    me = _this_machine()
+    assert hw.num_cpu_cores == me["cores"] and sum(map(len, hw.numa_node_cpu_ids.values())) == me["cores"]
+    assert abs(hw.total_memory_gib - me["mem_gib"]) < 0.01
+    assert hw.cpu_model == me["model"] and hw.cpu_flags == me["flags"]
+    if me["nvidia_devices"]:  # a GPU machine: describe() names the GPUs, not the CPU
+        assert hw.device == "cuda" and hw.describe().startswith(f"CUDA: {len(hw.gpu_names)} x ")
+        return
+    assert hw.device == "cpu" and hw.gpu_names == ()  # no GPU here
+    isa = ", ".join(f for f in ("avx2", "avx512f", "amx_bf16") if f in me["flags"]) or "no AVX2"
+    assert hw.describe() == (f"CPU: {me['model']} ({me['cores']} usable cores, {me['numa_nodes']} NUMA node(s), "
+                             f"{isa}, {me['mem_gib']:.0f} GiB RAM)")
+
+
+def test_describe_says_what_chose_the_settings() -> None:
+    """Fixed inputs, fixed sentence: a wrong core count, ISA list or memory figure fails here."""
+    assert _hw().describe() == "CPU: Test CPU (2 usable cores, 1 NUMA node(s), avx2, 24 GiB RAM)"
+    assert _hw(cpu_flags=frozenset({"sse4_2"}), num_cpu_cores=8, total_memory_gib=63.6,
+               numa_node_cpu_ids={0: [0, 1, 2, 3], 1: [4, 5, 6, 7]}).describe() == (
+        "CPU: Test CPU (8 usable cores, 2 NUMA node(s), no AVX2, 64 GiB RAM)")
+    assert _hw(cpu_flags=frozenset({"avx2", "avx512f", "amx_bf16"})).describe() == (
+        "CPU: Test CPU (2 usable cores, 1 NUMA node(s), avx2, avx512f, amx_bf16, 24 GiB RAM)")
+    assert _hw(device="cuda", gpu_names=("NVIDIA H200", "NVIDIA H200")).describe() == "CUDA: 2 x NVIDIA H200"
 
 
 def test_cpu_list_parsing() -> None:
@@ -87,5 +132,7 @@ def test_debugging_vllm_workers_spawns_them_and_lifts_the_step_timeout(device: s
     assert int(debug.env["VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS"]) >= 3600
     assert any("WORKBOOK_DEBUG_VLLM_WORKERS" in reason for reason in debug.reasons)
     monkeypatch.setenv("VLLM_PLUGINS", "lora_filesystem_resolver")
-    with pytest.raises(Exception, match="workbook_debug_workers"):
+    with pytest.raises(WorkbookError, match="VLLM_PLUGINS='lora_filesystem_resolver' leaves out "
+                                           "'workbook_debug_workers'") as refused:
         engine_settings(_hw(device=device), tensor_parallel_size=2)
+    assert type(refused.value) is WorkbookError  # the install's problem, not the hardware's

@@ -259,9 +259,9 @@ def test_vllm_plugin_is_inert_unless_asked() -> None:
 
 def test_launch_json_has_a_compound_attaching_to_each_rank() -> None:
     from labs.core.debug.ports import DEFAULT_DEBUG_BASE_PORT
-    from tests.test_packaging import _jsonc
+    from tests.jsonc import read_jsonc
 
-    launch = _jsonc(REPO / ".vscode" / "launch.json")
+    launch = read_jsonc(REPO / ".vscode" / "launch.json")
     configs = {c["name"]: c for c in launch["configurations"]}
     (compound,) = [c for c in launch.get("compounds", []) if "tensor-parallel" in c["name"]]
     ports = sorted(configs[name]["connect"]["port"] for name in compound["configurations"]
