@@ -6,11 +6,12 @@
     job = run_job([Path("docs/")], TranslateConfig(out_dir=Path("runs/translate")))
 """
 
-from labs.capstone_translation.endpoint import Endpoint, ModelNotServedError, ServerUnavailableError, connect, token_counter
+from labs.capstone_translation.endpoint import Endpoint, ServerUnavailableError, connect, token_counter
 from labs.capstone_translation.pipeline import DocumentPlan, TranslateConfig, make_plan
-from labs.core.models.prompt_format import PromptTemplate
 from labs.capstone_translation.run import JobResult, run_job
 from labs.capstone_translation.source import InputError, read_document
+from labs.core.client import ModelNotServedError
+from labs.core.models.prompt_format import PromptTemplate
 
 __all__ = [
     "DocumentPlan", "Endpoint", "InputError", "JobResult", "ModelNotServedError", "PromptTemplate",

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from labs.core.client import ModelNotServedError
 from labs.core.errors import WorkbookError
 from labs.core.serve.config import API_KEY_ENV, default_url, env_setting, server_root_url
 from labs.core.serve.health import ServedModel, fetch_models, probe
@@ -21,10 +22,6 @@ from labs.core.serve.health import ServedModel, fetch_models, probe
 
 class ServerUnavailableError(WorkbookError):
     """No usable answer from the server's /v1/models."""
-
-
-class ModelNotServedError(WorkbookError, LookupError):
-    """The requested model name is not among the server's; the message lists those."""
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ Both runs translate the same documents on the same server, one after the other, 
 is a fair comparison on a noisy machine. Around each run the server's `/metrics` are read
 before and after (prefix-cache hits, latency histograms) and polled during (KV-cache usage,
 running and waiting requests), and every request's TTFT/TPOT comes from the pipeline's own
-streamed timings, in the benchmark harness's columns so its plots apply unchanged.
+streamed timings, taken by the benchmark harness's timer (`labs.core.bench.timing`) and laid out
+in its columns: the same quantities under the same names, so its plots apply unchanged.
 """
 
 from __future__ import annotations

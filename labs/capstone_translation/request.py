@@ -19,8 +19,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from labs.core.errors import WorkbookError
 from labs.capstone_translation.checks import Verdict, check_answer
+from labs.core.bench.timing import Clock, StreamTimer, StreamTiming
+from labs.core.errors import WorkbookError
 
 
 class ChunkFailedError(WorkbookError):
@@ -101,11 +102,19 @@ def max_tokens_for(max_model_len: int, num_prompt_tokens: int, num_source_tokens
 
 
 @dataclass
-class Attempt:
-    """What one attempt returned, with the timings the benchmark harness uses (seconds).
+class Attempt(StreamTiming):
+    """What one attempt returned, timed by the benchmark harness's `StreamTimer` (seconds).
 
-    `number` and `sampling` say which attempt of its chunk it was and what was sent, so the log
-    shows that a rerun tried something new.
+    The timings (`start_time`, `ttft`, `itl`, `latency`) are `StreamTiming`'s, so the job's
+    request table has the harness's columns with the harness's meaning (`latency_columns`).
+
+    Attributes:
+        text: the answer, joined from the streamed deltas.
+        number / sampling: which attempt of its chunk it was and what was sent, so the log shows
+            that a rerun tried something new.
+        finish_reason: "stop", or "length" when `max_tokens` cut the answer.
+        num_prompt_tokens / num_output_tokens: the server's usage.
+        verdict: the checks' judgement (None until checked).
     """
 
     text: str = ""
@@ -114,38 +123,40 @@ class Attempt:
     finish_reason: str | None = None
     num_prompt_tokens: int = 0
     num_output_tokens: int = 0
-    ttft: float = 0.0
-    latency: float = 0.0
-    itl: list[float] = field(default_factory=list)
-    start_time: float = 0.0
     verdict: Verdict | None = None
 
 
 async def stream_once(client: Any, model: str, messages: list[dict[str, str]], max_tokens: int,
-                      sampling: dict[str, Any], timeout_s: float) -> Attempt:
-    """One streamed chat completion; token chunk times give TTFT and inter-token latencies."""
-    attempt = Attempt(start_time=time.perf_counter())
-    last = attempt.start_time
+                      sampling: dict[str, Any], timeout_s: float, clock: Clock = time.perf_counter) -> Attempt:
+    """One streamed chat completion, timed chunk by chunk as the benchmark harness times its requests.
+
+    Args:
+        client: an `openai.AsyncOpenAI` (or anything with its `chat.completions.create`).
+        model / messages / max_tokens / sampling: the request.
+        timeout_s: for the whole request.
+        clock: the timer's clock (see `labs.core.bench.timing.StreamTimer`).
+
+    Returns:
+        The attempt: text, finish reason, usage and timings (not yet checked).
+    """
+    attempt = Attempt()
+    timer = StreamTimer(attempt, clock)
     parts: list[str] = []
+    timer.start()
     stream = await client.chat.completions.create(
         model=model, messages=messages, max_tokens=max_tokens, stream=True,
         stream_options={"include_usage": True}, timeout=timeout_s, **sampling)
     async for event in stream:
+        timer.chunk(bool(event.choices))
         if event.usage is not None:
             attempt.num_prompt_tokens = event.usage.prompt_tokens
             attempt.num_output_tokens = event.usage.completion_tokens
         for choice in event.choices:
             if choice.delta and choice.delta.content:
-                now = time.perf_counter()
-                if not parts:
-                    attempt.ttft = now - attempt.start_time
-                else:
-                    attempt.itl.append(now - last)
-                last = now
                 parts.append(choice.delta.content)
             if choice.finish_reason:
                 attempt.finish_reason = choice.finish_reason
-    attempt.latency = last - attempt.start_time
+    timer.finish()
     attempt.text = "".join(parts)
     return attempt
 

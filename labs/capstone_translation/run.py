@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from labs.capstone_translation.endpoint import Endpoint, connect, token_counter
@@ -87,19 +86,15 @@ class JobResult:
 
     @property
     def requests_df(self) -> pd.DataFrame:
-        """One row per request sent, with the benchmark harness's columns (times in ms).
+        """One row per request sent, with the benchmark harness's latency columns (times in ms).
 
-        TPOT follows vLLM's definition: (e2el - ttft) / (output tokens - 1).
+        The columns come from `StreamTiming.latency_columns`, the harness's own: ttft_ms, tpot_ms
+        (vLLM's (e2el - ttft) / (output tokens - 1)), e2el_ms, itl_ms, num_itl.
         """
-        rows = []
-        for doc in self.documents:
-            for a in doc.attempts:
-                n = a.num_output_tokens
-                rows.append({"document": doc.name, "prompt_len": a.num_prompt_tokens, "output_len": n,
-                             "ttft_ms": a.ttft * 1000, "e2el_ms": a.latency * 1000,
-                             "tpot_ms": (a.latency - a.ttft) / (n - 1) * 1000 if n > 1 else np.nan,
-                             "itl_ms": [gap * 1000 for gap in a.itl], "start_time": a.start_time,
-                             "accepted": bool(a.verdict and a.verdict.ok)})
+        rows = [{"document": doc.name, "prompt_len": a.num_prompt_tokens, "output_len": a.num_output_tokens,
+                 **a.latency_columns(a.num_output_tokens), "start_time": a.start_time,
+                 "accepted": bool(a.verdict and a.verdict.ok)}
+                for doc in self.documents for a in doc.attempts]
         return pd.DataFrame(rows)
 
     def summary(self) -> pd.DataFrame:

@@ -20,7 +20,11 @@ NO_KEY = "EMPTY"  # the openai client insists on a key; a server without --api-k
 
 
 class ModelNotServedError(WorkbookError, LookupError):
-    """The server does not serve the requested model name; the message lists the names it serves."""
+    """The server does not serve the requested model name; the message lists the names it serves.
+
+    One class for every client of the workbook (`chat`, `check_model`, the capstone's `connect`),
+    so that one `except ModelNotServedError` catches a wrong `model=` wherever it was sent.
+    """
 
 
 def make_client(base_url: str | None = None, api_key: str | None = None, env_file: Path = DEFAULT_ENV_FILE) -> Any:

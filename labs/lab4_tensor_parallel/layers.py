@@ -6,7 +6,8 @@ One rank builds its own share of every layer (`build_rank_model(model_dir, rank,
   summed over the ranks by the one `all_reduce` it calls.
 - `VocabParallelEmbedding`: a slice of the vocabulary; ids outside it look up zeros, then a reduce.
 So a decoder block makes exactly two all-reduces. Parameter names are the checkpoint's (as in
-`labs.core.mini.model`), and norms and RoPE are reused from there: only the split is new.
+`labs.core.mini.model`), and norms, RoPE and the attention math (`Qwen2AttentionBase`) are reused
+from there: only the split is new.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from torch import nn
 
 from labs.core.errors import WorkbookError
 from labs.core.mini.config import ModelShape
-from labs.core.mini.model import RMSNorm, RotaryEmbedding
+from labs.core.mini.attention import AttentionMetadata
+from labs.core.mini.model import Qwen2AttentionBase, RMSNorm, RotaryEmbedding
 from labs.core.grading import reference
 
 AllReduce = Callable[..., torch.Tensor]  # (tensor, call_site="") -> tensor summed over ranks
@@ -155,11 +157,12 @@ class TPQwen2MLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
-class TPQwen2Attention(nn.Module):
+class TPQwen2Attention(Qwen2AttentionBase):
     """q/k/v column-parallel by heads (GQA: KV heads split or replicated), o_proj row-parallel: one reduce.
 
     Each rank attends with only its own heads: heads never look at each other, so no
-    communication is needed until o_proj mixes them.
+    communication is needed until o_proj mixes them. The projection, rotary and o_proj steps
+    are the single-device layer's (`Qwen2AttentionBase.forward`) on this rank's heads.
     """
 
     def __init__(self, shape: ModelShape, rank: int, world_size: int, all_reduce: AllReduce,
@@ -175,16 +178,12 @@ class TPQwen2Attention(nn.Module):
         self.num_heads, self.num_kv_heads = len(self.q_proj.head_ids), len(self.k_proj.head_ids)
         self.rotary_emb = rotary_emb
 
-    def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
-        """Causal attention over one sequence: hidden_states (num_tokens, hidden_size), positions (num_tokens,)."""
-        num_tokens = hidden_states.shape[0]
-        query = self.q_proj(hidden_states).view(num_tokens, self.num_heads, self.head_dim)
-        key = self.k_proj(hidden_states).view(num_tokens, self.num_kv_heads, self.head_dim)
-        value = self.v_proj(hidden_states).view(num_tokens, self.num_kv_heads, self.head_dim)
-        query, key = self.rotary_emb(positions, query), self.rotary_emb(positions, key)
+    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               attn_metadata: AttentionMetadata | None) -> torch.Tensor:
+        """Causal attention over one sequence (no KV cache, so no metadata); this rank's heads only."""
         out = F.scaled_dot_product_attention(query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1),
                                              is_causal=True, enable_gqa=True)  # (num_heads_local, num_tokens, head_dim)
-        return self.o_proj(out.transpose(0, 1).reshape(num_tokens, self.num_heads * self.head_dim))
+        return out.transpose(0, 1)  # (num_tokens, num_heads_local, head_dim)
 
 
 class TPQwen2DecoderLayer(nn.Module):

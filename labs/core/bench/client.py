@@ -1,16 +1,10 @@
 """One streamed request to an OpenAI-compatible server, timed exactly as `vllm bench serve` times it.
 
-The timing rules are copied from vLLM 0.32.0's `vllm/benchmarks/lib/endpoint_request_func.py`
-(`async_request_openai_completions` / `async_request_openai_chat_completions`), so that our
-numbers and vLLM's can be compared one to one:
-
-- the clock starts just before the HTTP POST (`start_time`);
-- TTFT is the arrival of the first SSE chunk that carries a choice (even with empty text);
-- every later chunk that carries a choice adds one ITL (time since the previous such chunk);
-- the end-to-end latency (`latency`) ends at the LAST chunk carrying a choice: the trailing
-  usage-only chunk and `[DONE]` do not count;
-- the output token count is `usage.completion_tokens` from the final chunk
-  (`stream_options.include_usage`); the prompt length is `usage.prompt_tokens`.
+The request and its parsing follow vLLM 0.32.0's `vllm/benchmarks/lib/endpoint_request_func.py`
+(`async_request_openai_completions` / `async_request_openai_chat_completions`); the timing rules
+(TTFT, ITL, E2EL, TPOT) are `labs.core.bench.timing`'s, shared with every other streaming client
+of the workbook. The output token count is `usage.completion_tokens` from the final chunk
+(`stream_options.include_usage`); the prompt length is `usage.prompt_tokens`.
 """
 
 from __future__ import annotations
@@ -19,10 +13,12 @@ import codecs
 import json
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import aiohttp
+
+from labs.core.bench.timing import Clock, StreamTimer, StreamTiming
 
 Endpoint = Literal["completions", "chat"]
 ENDPOINT_PATHS: dict[str, str] = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
@@ -54,29 +50,25 @@ class RequestInput:
 
 
 @dataclass
-class RequestOutput:
+class RequestOutput(StreamTiming):
     """What came back, with vLLM's field names (`RequestFuncOutput`). Times are in seconds.
 
+    The timings (`start_time`, `ttft`, `itl`, `latency`) are `StreamTiming`'s.
+
     Attributes:
+        generated_text: the streamed text, joined.
         success: a first token arrived and the stream ended without error.
-        latency: end-to-end latency (E2EL): start_time to the last token chunk.
-        ttft: time to first token.
-        itl: one inter-token latency per token chunk after the first (len = chunks - 1).
         output_tokens: `usage.completion_tokens` (0 when the server sent no usage).
         prompt_len: `usage.prompt_tokens` when sent, else the input's estimate.
-        start_time: `time.perf_counter()` when the request was sent.
+        error: why the request failed ("" when it did not).
         client_queue_time: time spent waiting for a `max_concurrency` slot before sending.
     """
 
     generated_text: str = ""
     success: bool = False
-    latency: float = 0.0
     output_tokens: int = 0
-    ttft: float = 0.0
-    itl: list[float] = field(default_factory=list)
     prompt_len: int = 0
     error: str = ""
-    start_time: float = 0.0
     client_queue_time: float = 0.0
 
 
@@ -112,7 +104,7 @@ def _chunk_text(endpoint: Endpoint, choice: dict[str, Any]) -> str:
 
 
 async def send_request(session: aiohttp.ClientSession, base_url: str, endpoint: Endpoint, request: RequestInput,
-                       api_key: str | None = None) -> RequestOutput:
+                       api_key: str | None = None, clock: Clock = time.perf_counter) -> RequestOutput:
     """POST one streamed request and time every chunk.
 
     Args:
@@ -121,6 +113,7 @@ async def send_request(session: aiohttp.ClientSession, base_url: str, endpoint: 
         endpoint: "completions" or "chat".
         request: what to send.
         api_key: sent as a bearer token when set.
+        clock: the timer's clock (see `StreamTimer`).
 
     Returns:
         The timings; failures are returned (success=False, error=...), never raised, so one bad
@@ -132,11 +125,10 @@ async def send_request(session: aiohttp.ClientSession, base_url: str, endpoint: 
     if request.request_id:
         headers["x-request-id"] = request.request_id
     output = RequestOutput(prompt_len=request.prompt_len)
+    timer = StreamTimer(output, clock)
     decoder = codecs.getincrementaldecoder("utf-8")()  # a UTF-8 character may straddle two chunks
     buffer, text = "", []
-    first_token_received = False
-    start = most_recent = time.perf_counter()
-    output.start_time = start
+    timer.start()
     try:
         async with session.post(base_url + ENDPOINT_PATHS[endpoint], json=build_payload(endpoint, request),
                                 headers=headers) as response:
@@ -151,24 +143,18 @@ async def send_request(session: aiohttp.ClientSession, base_url: str, endpoint: 
                     data_str = message.removeprefix("data:").strip()
                     if data_str == "[DONE]":
                         continue
-                    timestamp = time.perf_counter()
                     data = json.loads(data_str)
-                    if choices := data.get("choices"):
-                        if first_token_received:
-                            output.itl.append(timestamp - most_recent)
-                        else:
-                            first_token_received = True
-                            output.ttft = timestamp - start
-                        most_recent = timestamp
+                    choices = data.get("choices")
+                    timer.chunk(bool(choices))
+                    if choices:
                         text.append(_chunk_text(endpoint, choices[0]))
                     elif usage := data.get("usage"):
                         output.output_tokens = usage.get("completion_tokens") or 0
                         if usage.get("prompt_tokens") is not None:
                             output.prompt_len = usage["prompt_tokens"]
         output.generated_text = "".join(text)
-        output.latency = most_recent - start
-        output.success = first_token_received
-        if not first_token_received:
+        output.success = timer.finish()
+        if not output.success:
             output.error = "no chunk with a token arrived, so there is no TTFT"
     except Exception:  # noqa: BLE001 - recorded per request, like vLLM does
         output.error = traceback.format_exc()

@@ -5,8 +5,8 @@ Read `labs/core/bench/DEFINITIONS.md` for what each number means. The rules, as 
 
 - only successful requests count; the output length is `usage.completion_tokens` (else the
   tokenizer's count of the generated text, else 1);
-- TPOT = (e2el - ttft) / (output_len - 1), per request, only for requests with output_len > 1;
-  for goodput a request with output_len <= 1 has TPOT 0;
+- TPOT = (e2el - ttft) / (output_len - 1), per request, only for requests with output_len > 1
+  (`StreamTiming.tpot`); for goodput a request with output_len <= 1 has TPOT 0;
 - ITL statistics pool EVERY gap of EVERY request (a long request weighs more than a short one),
   while TTFT/TPOT/E2EL statistics have one value per request;
 - mean/median/std/percentiles are numpy's (`np.std` is the population std, `np.percentile`
@@ -51,11 +51,6 @@ def output_lens_of(outputs: Sequence[RequestOutput], count_tokens: Callable[[str
         else:  # the server sent no usage: vLLM tokenizes the text, or counts 1 without a tokenizer
             lens.append(count_tokens(out.generated_text) if count_tokens else 1)
     return lens
-
-
-def tpot_of(out: RequestOutput, output_len: int) -> float | None:
-    """Time per output token excluding the first, in seconds; None when output_len <= 1."""
-    return (out.latency - out.ttft) / (output_len - 1) if output_len > 1 else None
 
 
 def _stats(name: str, values_s: list[float], percentiles: Sequence[float]) -> dict[str, float]:
@@ -113,13 +108,13 @@ def summarize(outputs: Sequence[RequestOutput], duration_s: float, *, percentile
     done = [(o, n) for o, n in zip(outputs, output_lens) if o.success]
     ttfts = [o.ttft for o, _ in done]
     e2els = [o.latency for o, _ in done]
-    tpots = [t for o, n in done if (t := tpot_of(o, n)) is not None]
+    tpots = [t for o, n in done if (t := o.tpot(n)) is not None]
     itls = [gap for o, _ in done for gap in o.itl]
     total_input = sum(o.prompt_len for o, _ in done)
     total_output = sum(output_lens)
     good = None
     if goodput_slos_ms:
-        per_request = {"ttft": ttfts, "tpot": [tpot_of(o, n) or 0.0 for o, n in done], "e2el": e2els}
+        per_request = {"ttft": ttfts, "tpot": [o.tpot(n) or 0.0 for o, n in done], "e2el": e2els}
         # vLLM compares in seconds: slo_ms / 1000 >= value
         good_count = sum(all(slo / 1000 >= per_request[name][i] for name, slo in goodput_slos_ms.items())
                          for i in range(len(done)))

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from labs.core.bench.client import TIMEOUT, Endpoint, RequestInput, RequestOutput, send_request
 from labs.core.bench.datasets import SampleRequest, file_requests, random_requests
-from labs.core.bench.metrics import output_lens_of, parse_goodput, queue_stats, summarize, tpot_of
+from labs.core.bench.metrics import output_lens_of, parse_goodput, queue_stats, summarize
 from labs.core.serve.config import API_KEY_ENV, default_url, env_setting, server_root_url
 
 
@@ -102,9 +102,8 @@ class BenchmarkResult:
         output_lens = output_lens_of(self.outputs)
         t0 = min((o.start_time for o in self.outputs), default=0.0)
         rows = [{"request_id": i, "success": o.success, "prompt_len": o.prompt_len, "output_len": n,
-                 "ttft_ms": o.ttft * 1000, "tpot_ms": (t * 1000 if (t := tpot_of(o, n)) is not None else np.nan),
-                 "e2el_ms": o.latency * 1000, "itl_ms": [gap * 1000 for gap in o.itl], "num_itl": len(o.itl),
-                 "start_s": o.start_time - t0, "client_queue_time_ms": o.client_queue_time * 1000, "error": o.error}
+                 **o.latency_columns(n), "start_s": o.start_time - t0,
+                 "client_queue_time_ms": o.client_queue_time * 1000, "error": o.error}
                 for i, (o, n) in enumerate(zip(self.outputs, output_lens))]
         return pd.DataFrame(rows)
 

@@ -57,7 +57,63 @@ class RotaryEmbedding(nn.Module):
         return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
-class Qwen2Attention(nn.Module):
+class Qwen2AttentionBase(nn.Module):
+    """The attention block's math, shared by the single-device layer and the tensor-parallel one.
+
+    project q/k/v -> split into heads -> rotate q and k -> attend within each head -> o_proj.
+    Subclasses own the parts that differ: which Linear layers hold the projections (whole here,
+    one rank's heads in `labs.lab4_tensor_parallel.layers`, whose o_proj ends with the all-reduce)
+    and how heads attend (`attend`: the paged KV cache here, plain causal attention there).
+
+    Subclasses set: q_proj, k_proj, v_proj, o_proj (modules), rotary_emb, and num_heads,
+    num_kv_heads, head_dim (the heads THIS module computes: a rank's share under TP).
+    """
+
+    q_proj: nn.Module
+    k_proj: nn.Module
+    v_proj: nn.Module
+    o_proj: nn.Module
+    rotary_emb: RotaryEmbedding
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+
+    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               attn_metadata: AttentionMetadata | None) -> torch.Tensor:
+        """Attention within each head.
+
+        Args:
+            query: (num_tokens, num_heads, head_dim), rotated.
+            key, value: (num_tokens, num_kv_heads, head_dim), key rotated.
+            attn_metadata: which token belongs to which request (None where the subclass needs none).
+
+        Returns:
+            (num_tokens, num_heads, head_dim)
+        """
+        raise NotImplementedError
+
+    def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor,
+                attn_metadata: AttentionMetadata | None = None) -> torch.Tensor:
+        """Args:
+            positions: (num_tokens,) each token's position in its own request.
+            hidden_states: (num_tokens, hidden_size).
+            attn_metadata: passed on to `attend`.
+
+        Returns:
+            (num_tokens, hidden_size)
+        """
+        num_tokens = hidden_states.shape[0]
+        query = self.q_proj(hidden_states).view(num_tokens, self.num_heads, self.head_dim)
+        key = self.k_proj(hidden_states).view(num_tokens, self.num_kv_heads, self.head_dim)
+        value = self.v_proj(hidden_states).view(num_tokens, self.num_kv_heads, self.head_dim)
+        query, key = self.rotary_emb(positions, query), self.rotary_emb(positions, key)
+        out = self.attend(query, key, value, attn_metadata)  # (num_tokens, num_heads, head_dim)
+        return self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim))
+
+
+class Qwen2Attention(Qwen2AttentionBase):
+    """Every head on one device, K/V kept in the paged cache (`PagedAttention`)."""
+
     def __init__(self, shape: ModelShape, rotary_emb: RotaryEmbedding) -> None:
         super().__init__()
         self.num_heads = shape.num_attention_heads
@@ -72,15 +128,10 @@ class Qwen2Attention(nn.Module):
         self.rotary_emb = rotary_emb  # shared by all layers (same positions, same frequencies)
         self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim)
 
-    def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor,
-                attn_metadata: AttentionMetadata) -> torch.Tensor:
-        num_tokens = hidden_states.shape[0]
-        query = self.q_proj(hidden_states).view(num_tokens, self.num_heads, self.head_dim)
-        key = self.k_proj(hidden_states).view(num_tokens, self.num_kv_heads, self.head_dim)
-        value = self.v_proj(hidden_states).view(num_tokens, self.num_kv_heads, self.head_dim)
-        query, key = self.rotary_emb(positions, query), self.rotary_emb(positions, key)
-        out = self.attn(query, key, value, attn_metadata)  # (num_tokens, num_heads, head_dim)
-        return self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim))
+    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               attn_metadata: AttentionMetadata | None) -> torch.Tensor:
+        """Paged attention: writes this step's K/V into the cache and reads each request's own."""
+        return self.attn(query, key, value, attn_metadata)  # (num_tokens, num_heads, head_dim)
 
 
 class Qwen2MLP(nn.Module):
