@@ -151,7 +151,9 @@ def test_vllm_tp2_equals_tp1_and_shards_like_megatron(llm: Any, model_path: Path
 
 
 def breakpoint_line() -> tuple[str, int]:
-    path = REPO / "labs" / "tensor_parallel" / "comm.py"
+    from labs.lab4_tensor_parallel import comm
+
+    path = Path(comm.__file__)  # wherever the module lives
     (line,) = [n for n, text in enumerate(path.read_text().splitlines(), 1) if "# BREAKPOINT: the all-reduce" in text]
     return str(path), line
 
@@ -159,7 +161,7 @@ def breakpoint_line() -> tuple[str, int]:
 def stop_each_rank_once(script_args: list[str], switch: str, bp_file: str, bp_line: int,
                         check_stop: Callable[[DAPClient, dict[str, Any], int], None],
                         timeout_s: float = 240) -> tuple[int, str]:
-    """Run step2 with `switch`=1, attach one DAP client per rank, check where each stops, continue.
+    """Run step4 with `switch`=1, attach one DAP client per rank, check where each stops, continue.
 
     Returns:
         The base port, and the script's output (it exited 0).

@@ -34,8 +34,8 @@ PORTS = range(18300, 18398)  # this module's ports: nothing else on the machine 
 STEP2 = "my_debug_scripts/step4_tensor_parallel.py"
 
 
-def launch_step2(args: list[str], switch: str, base: int, log: Path) -> subprocess.Popen[bytes]:
-    """Start step2 as VS Code's launch configuration does: its own process group, output to `log`."""
+def launch_step4(args: list[str], switch: str, base: int, log: Path) -> subprocess.Popen[bytes]:
+    """Start step4 as VS Code's launch configuration does: its own process group, output to `log`."""
     env = {**os.environ, switch: "1", "WORKBOOK_DEBUG_BASE_PORT": str(base), "PYTHONUNBUFFERED": "1"}
     with log.open("wb") as out:
         return subprocess.Popen([sys.executable, STEP2, *args], cwd=REPO, env=env, stdout=out,
@@ -56,7 +56,9 @@ def wait_for_text(log: Path, proc: subprocess.Popen[bytes], texts: list[str], ti
 
 
 def comm_breakpoint() -> tuple[str, int]:
-    path = REPO / "labs" / "tensor_parallel" / "comm.py"
+    from labs.lab4_tensor_parallel import comm
+
+    path = Path(comm.__file__)  # wherever the module lives
     (line,) = [n for n, text in enumerate(path.read_text().splitlines(), 1) if "# BREAKPOINT: the all-reduce" in text]
     return str(path), line
 
@@ -72,7 +74,7 @@ def test_a_stopped_rank_session_leaves_the_ports_to_vllms_workers(log_dir: Path)
     base = consecutive_free_ports(2, PORTS)
     bp_file, bp_line = comm_breakpoint()
     clients: list[DAPClient] = []
-    first = launch_step2([], "WORKBOOK_DEBUG_RANKS", base, log_dir / "ranks.log")
+    first = launch_step4([], "WORKBOOK_DEBUG_RANKS", base, log_dir / "ranks.log")
     second: subprocess.Popen[bytes] | None = None
     try:
         for rank in (0, 1):
@@ -81,7 +83,7 @@ def test_a_stopped_rank_session_leaves_the_ports_to_vllms_workers(log_dir: Path)
             client.wait_event("stopped", timeout=180, predicate=lambda b: b.get("reason") == "breakpoint")
         kill_tree(first)  # VS Code's stop: SIGKILL to the debuggee's process group; debuggers still attached
 
-        second = launch_step2(["--vllm-only"], "WORKBOOK_DEBUG_VLLM_WORKERS", base, log_dir / "workers.log")
+        second = launch_step4(["--vllm-only"], "WORKBOOK_DEBUG_VLLM_WORKERS", base, log_dir / "workers.log")
         wait_for_text(log_dir / "workers.log", second,
                       [f"vLLM worker rank {r}: debugpy listening on 127.0.0.1:{base + r}" for r in (0, 1)], 240)
         for rank in (0, 1):  # the listeners answering are the new workers': attach and look at a thread
@@ -152,10 +154,10 @@ def test_a_rank_refuses_a_taken_port_instead_of_waiting_forever(foreign_listener
 @pytest.mark.engine
 def test_vllm_workers_launch_names_the_holder_in_one_sentence(foreign_listener: tuple[int, int],
                                                               log_dir: Path) -> None:
-    """The path of the issue: step2 --vllm-only under WORKBOOK_DEBUG_VLLM_WORKERS=1 with a taken port."""
+    """The path of the issue: step4 --vllm-only under WORKBOOK_DEBUG_VLLM_WORKERS=1 with a taken port."""
     base, pid = foreign_listener
     log = log_dir / "workers.log"
-    proc = launch_step2(["--vllm-only"], "WORKBOOK_DEBUG_VLLM_WORKERS", base, log)
+    proc = launch_step4(["--vllm-only"], "WORKBOOK_DEBUG_VLLM_WORKERS", base, log)
     try:
         code = proc.wait(timeout=300)
     finally:
