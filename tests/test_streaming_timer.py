@@ -204,7 +204,7 @@ def test_the_capstone_records_the_same_quantities_under_the_same_names() -> None
 
 def test_the_capstones_request_table_has_the_benchmarks_latency_columns() -> None:
     from labs.capstone_translation.endpoint import Endpoint
-    from labs.capstone_translation.pipeline import DocumentResult
+    from labs.capstone_translation.results import DocumentResult
     from labs.capstone_translation.run import JobResult
     from labs.core.bench.runner import BenchmarkConfig, BenchmarkResult
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from labs.capstone_translation.journal import ChunkRecord, atomic_write_text
 
 if TYPE_CHECKING:
-    from labs.capstone_translation.pipeline import DocumentPlan
+    from labs.capstone_translation.plan import DocumentPlan
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ from labs.capstone_translation.outputs import DocumentLog, assemble, move_aside_
 from labs.capstone_translation.request import NoAcceptableAnswerError
 
 if TYPE_CHECKING:
-    from labs.capstone_translation.pipeline import DocumentPlan, DocumentResult
+    from labs.capstone_translation.plan import DocumentPlan
+    from labs.capstone_translation.results import DocumentResult
 
 
 def why_unresolved(exc: NoAcceptableAnswerError) -> str:

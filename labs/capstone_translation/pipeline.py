@@ -19,18 +19,20 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from labs.core.serve.config import REPO_ROOT
-from labs.capstone_translation.chunking import ChunkBudget, Chunk, Segment, make_segments, plan_chunks, source_budget
+from labs.core.paths import RUNS_DIR
+from labs.capstone_translation.chunking import Chunk, make_segments, plan_chunks, source_budget
 from labs.capstone_translation.endpoint import Endpoint, TokenCounter
 from labs.capstone_translation.journal import ChunkRecord, Journal, JournalState
 from labs.capstone_translation.outputs import DocumentLog, OutputPaths, assemble, write_outputs
+from labs.capstone_translation.plan import DocumentPlan
 from labs.capstone_translation.partial import settle_unfinished
 from labs.core.models.prompt_format import PromptTemplate
+from labs.capstone_translation.results import DocumentResult
 from labs.capstone_translation.remedy import ChunkRequest, translate_planned_chunk
-from labs.capstone_translation.request import Attempt, ChunkFailedError, NoAcceptableAnswerError, RetryPolicy
+from labs.capstone_translation.request import ChunkFailedError, NoAcceptableAnswerError, RetryPolicy
 from labs.capstone_translation.source import SourceDocument
 
-DEFAULT_OUT_DIR = REPO_ROOT / "runs" / "translate"  # git-ignored
+DEFAULT_OUT_DIR = RUNS_DIR / "translate"  # git-ignored
 FORMAT_VERSION = 1  # part of every plan id: bump when the prompt or output format changes
 
 
@@ -71,31 +73,6 @@ class TranslateConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     progress: bool = True
     allow_partial: bool = False
-
-
-@dataclass(frozen=True)
-class DocumentPlan:
-    doc: SourceDocument
-    template: PromptTemplate
-    num_shared_tokens: int
-    budget: ChunkBudget
-    segments: list[Segment]
-    chunks: list[Chunk]
-    plan_id: str
-    max_paragraphs: int | None = None
-    num_prompt_tokens: tuple[int, ...] = ()  # per chunk, counted while planning (not inside the request loop)
-    legacy_plan_ids: tuple[str, ...] = ()  # ids this plan had in journals of earlier versions
-
-    def journal(self, path: Path) -> Journal:
-        return Journal(path, self.plan_id, self.legacy_plan_ids)
-
-    def messages(self, chunk: Chunk) -> list[dict[str, str]]:
-        context = [s.text for s in self.segments[chunk.context_start:chunk.start]]
-        return self.template.chunk_messages([s.text for s in self.segments[chunk.start:chunk.end]], context)
-
-    def label(self, chunk: Chunk) -> str:
-        first, last = self.segments[chunk.start].paragraph_index + 1, self.segments[chunk.end - 1].paragraph_index + 1
-        return f"paragraph {first}" if first == last else f"paragraphs {first}-{last}"
 
 
 DEFAULT_CHUNK_TOKENS = 1024
@@ -146,33 +123,6 @@ def make_plan(doc: SourceDocument, template: PromptTemplate, counter: TokenCount
     # Counted here, once, because a counter may be a blocking HTTP call to /tokenize: inside the
     # asyncio request loop it would stall every stream in flight.
     return replace(plan, num_prompt_tokens=tuple(counter.count_messages(plan.messages(c)) for c in chunks))
-
-
-@dataclass
-class DocumentResult:
-    """How one document went.
-
-    Attributes:
-        status: "translated", "already done" (every chunk journaled before this run), "partial"
-            (written with `unresolved` paragraphs kept in the source language) or "failed".
-        num_chunks_resumed: chunks taken from the journal instead of the server.
-        unresolved: paragraph numbers (1-based) kept untranslated in a partial document.
-        content_failures: chunks that got no acceptable answer (a rerun or --allow-partial helps).
-        attempts: every request this run sent for the document (for timings and plots).
-        moved_aside: a failed document's outputs from an earlier partial run, renamed (not deleted).
-    """
-
-    name: str
-    source: Path
-    status: str
-    num_chunks: int = 0
-    num_chunks_resumed: int = 0
-    error: str = ""
-    paths: OutputPaths | None = None
-    attempts: list[Attempt] = field(default_factory=list)
-    unresolved: list[int] = field(default_factory=list)
-    content_failures: int = 0
-    moved_aside: list[Path] = field(default_factory=list)
 
 
 class Job:

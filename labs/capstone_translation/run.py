@@ -21,7 +21,8 @@ import pandas as pd
 
 from labs.capstone_translation.endpoint import Endpoint, connect, token_counter
 from labs.capstone_translation.outputs import OutputPaths
-from labs.capstone_translation.pipeline import (DocumentResult, TranslateConfig, is_finished, make_plan,
+from labs.capstone_translation.results import DocumentResult
+from labs.capstone_translation.pipeline import (TranslateConfig, is_finished, make_plan,
                                      translate_plans)
 from labs.core.models.prompt_format import PromptTemplate
 from labs.capstone_translation.source import InputError, find_inputs, output_names, read_document
