@@ -29,6 +29,7 @@ EXERCISES: dict[str, tuple[str, str]] = {
     "lab3_scheduler": ("labs.lab3_continuous_batching", ""),
     "lab4_tensor_parallel": ("labs.lab4_tensor_parallel", ""),
     "lab5_kv_quant": ("labs.lab5_kv_quantization", ""),
+    "lab6_profiling": ("labs.lab6_profiling", ""),
 }
 
 
