@@ -3,6 +3,7 @@
 `profiling.py` holds four views of the same live engine: vLLM's own torch profiler (a Perfetto
 trace and the top operators), the wall time of each stage of a request, `py-spy dump` of a running
 server with each thread explained, and the decode roofline (bytes per step against measured memory
-bandwidth). A measurement lab: no graded exercise yet; tests/test_lab6_profiling.py checks it on
-the real engine. See README.md.
+bandwidth). Its exercises (`exercise.py`, reference `solution.py`) compute TTFT/TPOT/ITL from raw
+timestamps, a percentile from a /metrics histogram and the decode roofline, graded against vLLM's
+own code by tests/exercises/test_lab6_profiling.py (`make grade LAB=6`). See README.md.
 """
