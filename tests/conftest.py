@@ -1,20 +1,32 @@
-"""Shared fixtures: one real vLLM engine on tiny-phrasebook for the whole session.
+"""Shared fixtures: one real vLLM engine and one real vLLM server on tiny-phrasebook for the whole session.
 
-Why one: starting an engine costs ~15 s on a 2-core machine; every engine test reads from the
-same live engine. Tests that must start or stop engines themselves do it in a subprocess.
+Why one: starting an engine costs ~15 s on a 2-core machine, a server ~40 s; every engine test
+reads from the same live engine, and every test that only needs *a* server (test_bench,
+test_capstone_translation, test_lab6_profiling) talks to the same `vllm_server`. Tests that must
+start or stop engines themselves do it in a subprocess; tests of a start path itself (`start-bg`,
+`start`, the process launcher, owned servers and their watchdog: test_serve.py, test_serve_owned.py)
+start their own servers.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests.serve_support import START_TIMEOUT_S
+
+if TYPE_CHECKING:
+    from labs.core.serve import OwnedServer
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEST_MODEL = "tiny-phrasebook"
+SERVER_API_KEY = "sk-test-shared-5b0e2d"  # the shared server requires it, as a learner's server with .env does
+_shared_servers: list[OwnedServer] = []  # the running `vllm_server`, for the hook that stops it early
+_last_server_user: list[str] = []  # node id of the last collected test that uses it
 
 # Tests check exact outputs of the workbook's own model, whatever model the developer selected;
 # notebook kernels and subprocesses inherit this.
@@ -49,3 +61,46 @@ def hf_model(model_path: Path) -> Any:
 @pytest.fixture(scope="session")
 def tokenizer(llm: Any) -> Any:
     return llm.get_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnedServer]:
+    """The session's real vLLM server: tiny-phrasebook, default settings, its own port and log folder.
+
+    Started by `serve.owned_server` (the way notebooks start theirs) on the first test that asks
+    for it, stopped after the last one (see `pytest_runtest_teardown`) or at the session's end;
+    its watchdog stops it even if pytest is killed. It requires an API key, read from an env file
+    of its own (never the command line): clients send `vllm_server.api_key`.
+    """
+    from labs.core import serve
+
+    work = tmp_path_factory.mktemp("vllm-server")
+    env_file = work / ".env"
+    env_file.write_text(f"VLLM_API_KEY={SERVER_API_KEY}\n")
+    with serve.owned_server("vllm-test-shared", log_dir=work / "logs", model=TEST_MODEL, env_file=env_file,
+                            timeout_s=START_TIMEOUT_S, echo=lambda _: None) as server:
+        assert server.owned and not server.reused and server.api_key, "a fresh server of this session's own"
+        _shared_servers.append(server)
+        try:
+            yield server
+        finally:
+            _shared_servers.remove(server)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Note the last test that uses `vllm_server` (after every other plugin's selection and ordering)."""
+    users = [item.nodeid for item in items if "vllm_server" in getattr(item, "fixturenames", ())]
+    _last_server_user[:] = users[-1:]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, object, object]:
+    """Stop the shared server once its last user is done: later tests (notebooks, test_serve*) start
+    servers of their own and should not share the machine with an idle one."""
+    try:
+        return (yield)
+    finally:
+        if _last_server_user and item.nodeid == _last_server_user[0]:
+            for server in list(_shared_servers):
+                server.stop(echo=lambda _: None)

@@ -35,6 +35,8 @@ def recording_proxy(upstream: str) -> Iterator[tuple[str, list[dict[str, Any]]]]
         if request.path.endswith("/chat/completions"):
             bodies.append(json.loads(data))
         headers = {"Content-Type": request.headers.get("Content-Type", "application/json")}
+        if "Authorization" in request.headers:  # the server's API key, sent by the client
+            headers["Authorization"] = request.headers["Authorization"]
         async with ClientSession() as session, session.request(request.method, f"{upstream}{request.path_qs}",
                                                                data=data or None, headers=headers) as answer:
             reply = web.StreamResponse(status=answer.status, headers={"Content-Type": answer.content_type})

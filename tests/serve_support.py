@@ -1,4 +1,5 @@
-"""What tests/test_serve.py and tests/test_serve_owned.py share: the test model, the CLI, timeouts."""
+"""What tests/test_serve.py, tests/test_serve_owned.py and the `vllm_server` fixture (tests/conftest.py)
+share: the test model, the CLI, timeouts."""
 
 from __future__ import annotations
 

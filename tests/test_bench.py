@@ -1,9 +1,10 @@
 """The benchmark harness (`labs.core.bench`) against one real vLLM server, and against vLLM's own benchmark.
 
-One module-scoped server on tiny-phrasebook (free port, own log folder, an API key), stopped at
-the end. The truths are vLLM's, never ours: the server's token counters, vLLM's
-`calculate_metrics` fed our raw timings, and the JSON that vLLM's own serving benchmark saves
-against the same server with the same prompts.
+The session's shared server (`vllm_server` in tests/conftest.py: tiny-phrasebook, its own port and
+log folder, an API key); run-level checks read the server's counters as a delta around each run,
+so requests other tests sent earlier do not count. The truths are vLLM's, never ours: the
+server's token counters, vLLM's `calculate_metrics` fed our raw timings, and the JSON that vLLM's
+own serving benchmark saves against the same server with the same prompts.
 
 Cross-check tolerance: both tools measure the same server one after the other, one request at a
 time (with several in flight, TTFT depends on how arrivals interleave with decode steps and
@@ -24,7 +25,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,12 +35,10 @@ from labs.core import bench
 from labs.core.bench.client import sse_messages
 from labs.core.bench.crosscheck import crosscheck, disturbed
 from labs.core.bench.monitor import COLUMNS
-from labs.core.serve import build_config, find_free_port, start_background, status, stop
+from labs.core.serve import OwnedServer, status
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TEST_MODEL = "tiny-phrasebook"
-START_TIMEOUT_S = 300
-API_KEY = "sk-bench-9c1e"
+from .conftest import REPO_ROOT, TEST_MODEL
+
 CROSSCHECK_TOLERANCE = 0.10
 
 
@@ -48,24 +46,17 @@ CROSSCHECK_TOLERANCE = 0.10
 class Server:
     url: str
     log_dir: Path
+    api_key: str
 
     def run(self, **options: object) -> bench.BenchmarkResult:
-        return bench.run_benchmark(base_url=self.url, api_key=API_KEY, disable_tqdm=True, **options)
+        return bench.run_benchmark(base_url=self.url, api_key=self.api_key, disable_tqdm=True, **options)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    work = tmp_path_factory.mktemp("bench")
-    env_file = work / ".env"
-    env_file.write_text(f"VLLM_API_KEY={API_KEY}\n")
-    port = find_free_port()
-    config = build_config(TEST_MODEL, port=port, log_dir=work / "logs", session_name=f"vllm-bench-{port}",
-                          env_file=env_file)
-    try:
-        start_background(config, timeout_s=START_TIMEOUT_S, use_tmux=False, echo=lambda _: None)
-        yield Server(config.url, work / "logs")
-    finally:
-        stop(log_dir=work / "logs", grace_s=10, echo=lambda _: None)
+def server(vllm_server: OwnedServer) -> Server:
+    """The shared server, which requires its API key: every request of the harness must send it."""
+    assert vllm_server.log_dir is not None and vllm_server.api_key
+    return Server(vllm_server.url, vllm_server.log_dir, vllm_server.api_key)
 
 
 def settled_delta(server: Server, before: bench.MetricsSnapshot, num_requests: int,
@@ -77,7 +68,7 @@ def settled_delta(server: Server, before: bench.MetricsSnapshot, num_requests: i
     """
     deadline = time.monotonic() + timeout_s
     while True:
-        run = bench.delta(before, bench.snapshot(server.url, API_KEY))
+        run = bench.delta(before, bench.snapshot(server.url, server.api_key))
         if run.counters.get("vllm:request_success_total", 0) >= num_requests or time.monotonic() > deadline:
             return run
         time.sleep(0.1)
@@ -131,7 +122,7 @@ def test_run_completes_with_sane_numbers_and_server_token_counts(server: Server,
     # A chat stream opens with a role-only chunk, which vLLM's benchmark counts as the first token.
     expected_itl = 10 if endpoint == "chat" else 9
     for attempt in range(1, 4):
-        before = bench.snapshot(server.url, API_KEY)
+        before = bench.snapshot(server.url, server.api_key)
         result = server.run(endpoint=endpoint, num_prompts=6, input_len=24, output_len=10, request_rate=50)
         run = settled_delta(server, before, 6 + 1)  # + the warm-up request
         df, summary = result.df, result.summary
@@ -181,7 +172,7 @@ def test_summary_equals_vllm_calculate_metrics(server: Server) -> None:
 
 @pytest.mark.server
 def test_metrics_poller_and_monitor_during_a_run(server: Server) -> None:
-    before = bench.snapshot(server.url, API_KEY)
+    before = bench.snapshot(server.url, server.api_key)
     result = server.run(num_prompts=24, input_len=32, output_len=32, max_concurrency=4)
     run = settled_delta(server, before, 24 + 1)
     for name in ("vllm:time_to_first_token_seconds", "vllm:inter_token_latency_seconds",
@@ -200,8 +191,8 @@ def test_metrics_poller_and_monitor_during_a_run(server: Server) -> None:
     # The pollers, over one wave of 4 long requests. Why one wave: requests of equal length run in
     # waves with 0 running between them, and on 2 cores the API server (sharing a core with the
     # engine core's busy loop and this client) answers scrapes mostly in those gaps.
-    server_status = status(server.url, log_dir=server.log_dir, api_key=API_KEY)
-    with bench.MetricsPoller(server.url, interval_s=0.05, api_key=API_KEY) as poller, \
+    server_status = status(server.url, log_dir=server.log_dir, api_key=server.api_key)
+    with bench.MetricsPoller(server.url, interval_s=0.05, api_key=server.api_key) as poller, \
             bench.monitor(server_status, interval_s=0.1) as mon:
         wave = server.run(num_prompts=4, input_len=32, output_len=768, max_concurrency=4, num_warmups=0)
     samples = poller.df
@@ -232,10 +223,10 @@ def test_plots_from_real_runs(server: Server) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    before = bench.snapshot(server.url, API_KEY)
+    before = bench.snapshot(server.url, server.api_key)
     result = server.run(num_prompts=6, output_len=8)
     run = settled_delta(server, before, 6 + 1)
-    sweep = bench.sweep_request_rates([20.0, math.inf], base_url=server.url, api_key=API_KEY, num_prompts=4,
+    sweep = bench.sweep_request_rates([20.0, math.inf], base_url=server.url, api_key=server.api_key, num_prompts=4,
                                       output_len=8, disable_tqdm=True)
     assert list(sweep["request_rate"]) == [20.0, math.inf] and (sweep["completed"] == 4).all()
     figures = [bench.plot_latency_cdfs({"a": result, "b": result.df}), bench.plot_latency_vs_rate(sweep),
@@ -250,7 +241,7 @@ def test_cli_prints_vllm_table_and_saves_json(server: Server, tmp_path: Path) ->
                            "--num-prompts", "4", "--output-len", "6", "--request-rate", "20", "--goodput", "ttft:60000",
                            "--save-result", str(out), "--disable-tqdm"],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "VLLM_API_KEY": API_KEY})
+                          env={**os.environ, "VLLM_API_KEY": server.api_key})
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Serving Benchmark Result" in done.stdout and "Median TPOT (ms):" in done.stdout
     saved = json.loads(out.read_text())
@@ -260,7 +251,7 @@ def test_cli_prints_vllm_table_and_saves_json(server: Server, tmp_path: Path) ->
 @pytest.mark.server
 def test_crosscheck_against_vllm_bench_serve(server: Server, tmp_path: Path) -> None:
     check = crosscheck(server.url, num_prompts=16, input_len=32, output_len=24, max_concurrency=1, repeats=3,
-                       tokenizer=None, work_dir=tmp_path, echo=lambda _: None, api_key=API_KEY, max_attempts=4)
+                       tokenizer=None, work_dir=tmp_path, echo=lambda _: None, api_key=server.api_key, max_attempts=4)
     print("\n" + check.table.to_string(index=False))
     print(f"all within 10%: {check.all_agree}; disturbed runs repeated: {check.num_disturbed_runs}")
     # Our JSON has every key vLLM's benchmark saves (read from the file its module wrote).

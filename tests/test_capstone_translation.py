@@ -4,6 +4,10 @@ The sample documents are phrasebook sentences, which the model translates exactl
 job has one right answer: multi-chunk documents must come out character for character, a job
 killed with SIGKILL and rerun must give the same files, and every bad input must fail with a
 message that says what to do.
+
+The server is the session's shared one (`vllm_server` in tests/conftest.py), which requires an API
+key: every test exports it as `VLLM_API_KEY`, as a learner's `.env` would, so the pipeline, its CLI
+and the notebook's measurements are checked to send it.
 """
 
 from __future__ import annotations
@@ -13,12 +17,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from labs.core.serve import build_config, find_free_port, start_background, stop
+from labs.core.serve import OwnedServer, find_free_port
 from labs.core.errors import WorkbookError
 from labs.capstone_translation.endpoint import ModelNotServedError, ServerUnavailableError, connect
 from labs.capstone_translation.pipeline import TranslateConfig
@@ -30,18 +33,14 @@ from .conftest import REPO_ROOT, TEST_MODEL
 from .recording_proxy import recording_proxy
 
 pytestmark = pytest.mark.server
-START_TIMEOUT_S = 300
 
 
-@pytest.fixture(scope="module")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    logs = tmp_path_factory.mktemp("translate-server")
-    config = build_config(TEST_MODEL, port=find_free_port(), log_dir=logs, session_name="vllm-translate-test")
-    try:
-        start_background(config, timeout_s=START_TIMEOUT_S, use_tmux=False, echo=lambda _: None)
-        yield config.url
-    finally:
-        stop(log_dir=logs, grace_s=10, echo=lambda _: None)
+@pytest.fixture
+def server_url(vllm_server: OwnedServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The shared server's URL, with its API key exported for the pipeline, the CLI and the notebook code."""
+    assert vllm_server.api_key
+    monkeypatch.setenv("VLLM_API_KEY", vllm_server.api_key)
+    return vllm_server.url
 
 
 def config_for(out: Path, **kw: object) -> TranslateConfig:
@@ -160,7 +159,7 @@ def test_rejected_answers_are_retried_with_adjusted_sampling(server_url: str) ->
     import openai
 
     endpoint = connect(server_url)
-    client = openai.AsyncOpenAI(base_url=f"{server_url}/v1", api_key="EMPTY")
+    client = openai.AsyncOpenAI(base_url=f"{server_url}/v1", api_key=endpoint.api_key)
     from labs.core.models.prompt_format import PromptTemplate
 
     messages = PromptTemplate.load().chunk_messages(["サーバーを再起動しました。"])
@@ -187,8 +186,9 @@ def test_transport_errors_are_retried_with_backoff_then_reported(server_url: str
         if failures_left[0] > 0:
             failures_left[0] -= 1
             return web.Response(status=503, text="warming up")
+        headers = {"Content-Type": "application/json", "Authorization": request.headers["Authorization"]}
         async with ClientSession() as session, session.post(f"{server_url}{request.path}", data=await request.read(),
-                                                           headers={"Content-Type": "application/json"}) as upstream:
+                                                           headers=headers) as upstream:
             reply = web.StreamResponse(status=upstream.status, headers={"Content-Type": upstream.content_type})
             await reply.prepare(request)
             async for data in upstream.content.iter_any():
@@ -203,7 +203,8 @@ def test_transport_errors_are_retried_with_backoff_then_reported(server_url: str
         port = find_free_port()
         await web.TCPSite(runner, "127.0.0.1", port).start()
         try:
-            client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="EMPTY", max_retries=0)
+            client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=os.environ["VLLM_API_KEY"],
+                                        max_retries=0)
             start = time.monotonic()
             attempt = await request_with_backoff(client, TEST_MODEL, messages, 64, {"temperature": 0.0},
                                                  RetryPolicy(max_transport_retries=3, backoff_s=0.2))

@@ -2,7 +2,7 @@
 
 The profiler needs an engine built with `profiler_config`, so it runs in a subprocess (a second
 engine in this process could not be freed without breaking the session `llm`); stage timing and
-the roofline use the session engine; py-spy dumps a real server started with `labs.core.serve`.
+the roofline use the session engine; py-spy dumps the session's real server (`vllm_server`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import pytest
 
 from labs.lab6_profiling import profiling as prof
 from labs.core import vllm_internals as vi
-from tests.conftest import REPO_ROOT, TEST_MODEL
+from tests.conftest import REPO_ROOT
 
 PROFILE_CHILD = """
 import json, sys
@@ -111,20 +110,11 @@ def test_decode_roofline_is_sane(llm: Any, hf_model: Any) -> None:
     assert not vi.scheduler(llm).requests, "every roofline request finished"
 
 
-@pytest.fixture(scope="module")
-def server_pid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    from labs.core import serve
-
-    log_dir = tmp_path_factory.mktemp("serve") / "logs"
-    port = serve.find_free_port()
-    config = serve.build_config(TEST_MODEL, port=port, log_dir=log_dir, session_name=f"vllm-test-profiling-{port}")
-    try:
-        with pytest.MonkeyPatch.context() as env:  # start it as from a shell, not with the session engine's setting
-            env.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
-            serve.start_background(config, timeout_s=300, echo=lambda _: None)
-        yield serve.read_record(log_dir).pid
-    finally:
-        serve.stop(log_dir=log_dir, grace_s=10, echo=lambda _: None)
+@pytest.fixture
+def server_pid(vllm_server: Any) -> int:
+    """The shared server's API server pid (its engine core is a child process: vLLM's default layout)."""
+    assert vllm_server.pid is not None
+    return vllm_server.pid
 
 
 @pytest.mark.server

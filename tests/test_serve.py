@@ -9,7 +9,8 @@ so a developer's own server and `logs/` are never touched. The module server req
 key read from a `.env` file, which must never show up anywhere.
 
 Servers owned by a notebook, and servers started from a tmux server with a notebook's
-environment, are tested in tests/test_serve_owned.py.
+environment, are tested in tests/test_serve_owned.py. Tests that only need *a* server use the
+session's `vllm_server` (tests/conftest.py); the servers here are started by the paths under test.
 """
 
 from __future__ import annotations

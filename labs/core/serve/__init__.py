@@ -16,7 +16,11 @@ From Python (a notebook): a server owned by the kernel, stopped when it ends, re
     serve.status(server.url).served_model_names
     server.stop()
 
-(`serve.start_background(serve.build_config(port=8001))` starts one that outlives its starter,
+    with serve.owned_server("vllm-test", log_dir=tmp / "logs") as server:   # a script or a test
+        ...                                                                  # stopped when the block ends
+
+(`owned_server` is the one way notebooks and tests start a server for their own use;
+`serve.start_background(serve.build_config(port=8001))` starts one that outlives its starter,
 as `start-bg` does; `serve.stop()` stops it.)
 
 Modules: `config` (what to run, from options, environment, `.env` and `labs.core.engine.plan_run`),

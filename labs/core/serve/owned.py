@@ -1,4 +1,9 @@
-"""A server owned by the process that asked for it (a notebook): reused on rerun, never left behind.
+"""A server owned by the process that asked for it (a notebook, a test session): reused on rerun, never left behind.
+
+`owned_server` is the one way a notebook or a test starts a vLLM server for its own use (the
+notebooks directly or through `labs.capstone_translation.notebook.lab_server`; the tests through the
+`vllm_server` fixture in tests/conftest.py). Only tests of the other start paths (`start-bg`,
+`start`, the process launcher, start order) call `start_background` or the CLI themselves.
 
 The rule: a server a notebook starts must not outlive the notebook, however it ends (a failed
 cell, an interrupt, a restarted or killed kernel), and a rerun must not start a second one
@@ -13,10 +18,14 @@ its owners:
   kernel or a new one) reuses it and becomes one more owner, instead of starting a second server;
 - `OwnedServer.stop()` (a notebook's last cell) releases it; the last owner's release stops it.
 
-Example:
+Example (a notebook: the server lives until `.stop()` or the kernel's end):
     server = serve.owned_server("vllm-lab6", log_dir=Path("runs/profiles/server-logs"))
     ...  # server.url, server.pid
     server.stop()
+
+Example (a script or a test: stopped when the block ends, however it ends):
+    with serve.owned_server("vllm-test", log_dir=tmp / "logs", env_file=tmp / ".env") as server:
+        ...  # server.url, server.api_key (from env_file or VLLM_API_KEY), server.pid
 """
 
 from __future__ import annotations
@@ -26,11 +35,12 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from labs.core.serve import health, owners
-from labs.core.serve.config import API_KEY_ENV, REPO_ROOT, build_config, env_setting, url_for, url_port
+from labs.core.serve.config import API_KEY_ENV, DEFAULT_ENV_FILE, REPO_ROOT, build_config, env_setting, url_for, \
+    url_port
 from labs.core.serve.launch import ServeError
 from labs.core.serve.manager import start_background
 from labs.core.serve.records import ServerRecord, process_alive, read_record
@@ -55,6 +65,8 @@ class OwnedServer:
         pid: its API server's pid, when known (for py-spy and the like).
         owned: this process is one of its owners: `stop()` releases it.
         reused: it was running before this call (an earlier run's server).
+        api_key: the key its clients send (`VLLM_API_KEY` from the environment or the env file
+            it was started with), None for none; never shown (not in repr).
     """
 
     url: str
@@ -62,6 +74,7 @@ class OwnedServer:
     pid: int | None = None
     owned: bool = False
     reused: bool = False
+    api_key: str | None = field(default=None, repr=False)
 
     @property
     def port(self) -> int:
@@ -162,12 +175,12 @@ def _join(log_dir: Path, me: owners.Proc) -> tuple[ServerRecord, bool] | None:
     return record, True
 
 
-def _start(name: str, log_dir: Path, me: owners.Proc, model: str | None, debug: bool | None, timeout_s: float,
-           echo: Echo) -> OwnedServer:
+def _start(name: str, log_dir: Path, me: owners.Proc, model: str | None, debug: bool | None, env_file: Path,
+           timeout_s: float, echo: Echo) -> OwnedServer:
     """Under the lock: start a server owned by `me`, its watchdog first (an owner may die mid-start)."""
     port = health.find_free_port()
     config = build_config(model, port=port, log_dir=log_dir, session_name=f"{name}-{port}", debug=debug,
-                          unset_env=KERNEL_ONLY_ENV)
+                          env_file=env_file, unset_env=KERNEL_ONLY_ENV)
     state = owners.Ownership(config.session_name, port, [me])
     owners.write(log_dir, state)
     state.watchdog = _spawn_watchdog(log_dir)
@@ -185,18 +198,24 @@ def _start(name: str, log_dir: Path, me: owners.Proc, model: str | None, debug: 
     state.server = owners.Proc(started.record.pid, started.record.create_time)
     owners.write(log_dir, state)
     echo("It stops when this process ends, or at .stop(); run again while it is up, it is reused.")
-    return OwnedServer(config.url, log_dir, started.record.pid, owned=True)
+    return OwnedServer(config.url, log_dir, started.record.pid, owned=True, api_key=config.api_key)
 
 
 def owned_server(name: str, *, log_dir: Path, model: str | None = None, debug: bool | None = None,
-                 timeout_s: float = 600.0, echo: Echo = print) -> OwnedServer:
+                 env_file: Path = DEFAULT_ENV_FILE, timeout_s: float = 600.0, echo: Echo = print) -> OwnedServer:
     """The workbook's server for this process: the folder's running one, else a new one, owned.
+
+    Use it as a context manager (`with owned_server(...) as server:`) to stop it when the block
+    ends; a notebook keeps it across cells and calls `server.stop()` in its last cell.
 
     Args:
         name: the tmux session's prefix (the port is appended), e.g. "vllm-lab6".
         log_dir: the owner's own log folder (one server per folder), e.g. the notebook's run folder.
         model: default: `VLLM_MODEL`, else the workbook's default model.
         debug: DEBUG logs from vLLM (default: `DEBUG=1` in the environment).
+        env_file: the `.env` file to read settings from (`VLLM_API_KEY`, `VLLM_MODEL`), after the
+            environment; default: the repository's `.env`. The key reaches vLLM through its
+            environment only, never its command line.
         timeout_s: how long to wait until it answers.
         echo: where progress messages go.
 
@@ -213,11 +232,12 @@ def owned_server(name: str, *, log_dir: Path, model: str | None = None, debug: b
     with owners.locked(log_dir):
         joined = _join(log_dir, me)
         if joined is None:
-            return _start(name, log_dir, me, model, debug, timeout_s, echo)
+            return _start(name, log_dir, me, model, debug, env_file, timeout_s, echo)
     record, owned = joined
     url = url_for(record.host, record.port)
+    api_key = env_setting(API_KEY_ENV, env_file)
     try:  # outside the lock: a server started by `start-bg --log-dir` may still be loading
-        health.wait_until_healthy(url, timeout_s=timeout_s, api_key=env_setting(API_KEY_ENV),
+        health.wait_until_healthy(url, timeout_s=timeout_s, api_key=api_key,
                                   is_alive=lambda: process_alive(record.pid, record.create_time))
     except health.ServerNotReadyError as exc:
         if owned:
@@ -225,4 +245,4 @@ def owned_server(name: str, *, log_dir: Path, model: str | None = None, debug: b
         raise ServeError(f"The server recorded in {log_dir} stopped while it was being reused: {exc}") from None
     echo(f"Reusing the server already running for {log_dir} ({record.describe()})"
          + ("." if owned else "; it was not started by a notebook, so it is left running at the end."))
-    return OwnedServer(url, log_dir, record.pid, owned=owned, reused=True)
+    return OwnedServer(url, log_dir, record.pid, owned=owned, reused=True, api_key=api_key)
