@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from labs.core.engine import make_llm
-from labs.core.hardware import CPU_BLOCK_SIZE, UnsupportedHardwareError, detect_hardware
+from labs.core.engine_settings import CPU_BLOCK_SIZE
+from labs.core.hardware import UnsupportedHardwareError, detect_hardware
 from labs.core.models.phrasebook import load_phrasebook, translation_messages
 from labs.core.models.resolve import ModelNotFoundError
 

@@ -13,14 +13,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `dap_client`, whatever pytest's import mode
 from dap_client import consecutive_free_ports  # noqa: E402
 from labs.core.errors import WorkbookError
-from labs.core.hardware import (
-    Hardware,
-    UnsupportedHardwareError,
-    _parse_cpu_list,
-    cpu_threads_bind,
-    detect_hardware,
-    engine_settings,
-)
+from labs.core.engine_settings import cpu_threads_bind, engine_settings
+from labs.core.hardware import Hardware, UnsupportedHardwareError, _parse_cpu_list, detect_hardware
 
 
 def _hw(**changes) -> Hardware:

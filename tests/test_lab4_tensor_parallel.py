@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from labs.core.errors import WorkbookError
-from labs.core.hardware import cpu_threads_bind, detect_hardware
+from labs.core.engine_settings import cpu_threads_bind
+from labs.core.hardware import detect_hardware
 from labs.core.mini.config import ModelShape
 from labs.lab4_tensor_parallel import checks
 from labs.lab4_tensor_parallel.comm import rank_placement

@@ -289,7 +289,8 @@ def test_check_of_an_unreachable_url_says_which_and_how_to_start(tmp_path: Path)
 def test_server_flags_mean_what_the_engine_settings_say(device: str) -> None:
     """vLLM's own parser reads our flags back as the settings `make_llm` would use on this device."""
     from labs.core import vllm_internals as vi
-    from labs.core.hardware import Hardware, engine_settings
+    from labs.core.engine_settings import engine_settings
+    from labs.core.hardware import Hardware
 
     hw = Hardware(device, ("NVIDIA H100",) if device == "cuda" else (), "test CPU", frozenset({"avx2"}), 2,
                   {0: [0, 1]}, 16.0)

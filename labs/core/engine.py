@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from labs.core.hardware import EngineSettings, Hardware, detect_hardware, engine_settings
+from labs.core.engine_settings import EngineSettings, engine_settings
+from labs.core.hardware import Hardware, detect_hardware
 from labs.core.models.resolve import ResolvedModel, resolve_model
 
 DEFAULT_MAX_MODEL_LEN = 2048  # labs never need more; a small limit keeps the KV cache per request small

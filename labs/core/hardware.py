@@ -1,10 +1,8 @@
-"""Detect the hardware we run on and turn it into vLLM engine settings.
+"""Detect the hardware we run on: CPU model and ISA flags, cores and NUMA nodes, memory, GPUs.
 
-Why a module of its own: vLLM's CPU and CUDA backends want different knobs (KV-cache space in
-GiB and a block size that is a multiple of 32 on CPU; a share of GPU memory on CUDA). Keeping
-that decision in one place means every lab, script and test gets the same, explained settings,
-and nothing CPU-only can leak into the GPU path: CPU settings are produced only when no CUDA
-device is present.
+Why detection alone: what vLLM should do on this hardware is decided in
+`labs.core.engine_settings`, from the `Hardware` this module returns; keeping the two apart lets
+tests feed made-up machines to the decision, and keeps detection free of any engine or debug switch.
 """
 
 from __future__ import annotations
@@ -15,14 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labs.core.errors import WorkbookError
-from labs.core.debug.vllm_workers import (DEBUG_ENGINE_ENV, WORKER_DEBUG_ENV, check_ready_to_debug_workers,
-                                                    debugging_workers)
-
-# --- why these defaults ----------------------------------------------------------------------
-CPU_BLOCK_SIZE = 32  # vLLM's CPU attention needs a multiple of 32; 32 keeps blocks visible in labs
-CPU_KVCACHE_SPACE_GIB_SMALL = 1  # 1 GiB holds ~500k tokens of the tiny models: plenty, cheap
-GPU_MEMORY_UTILIZATION = 0.85  # leave room for a notebook's other tensors and a second process
-
 
 class UnsupportedHardwareError(WorkbookError):
     """A feature was asked for that this machine cannot run; the message says why and what to do."""
@@ -138,115 +128,3 @@ def detect_hardware() -> Hardware:
         numa_node_cpu_ids=_numa_nodes(allowed),
         total_memory_gib=_total_memory_gib(),
     )
-
-
-@dataclass(frozen=True)
-class EngineSettings:
-    """Keyword arguments for `vllm.LLM` / `EngineArgs`, the environment vLLM reads, and why.
-
-    Attributes:
-        engine_kwargs: passed to `LLM(...)` or `EngineArgs(...)`.
-        env: environment variables vLLM reads at engine start (set before the engine is built).
-        reasons: one human sentence per decision, printed by every lab.
-    """
-
-    engine_kwargs: dict[str, object]
-    env: dict[str, str]
-    reasons: list[str]
-
-
-def cpu_threads_bind(hw: Hardware, tensor_parallel_size: int) -> str:
-    """`VLLM_CPU_OMP_THREADS_BIND` for `tensor_parallel_size` CPU workers: one core range each.
-
-    Why: with fewer NUMA nodes than workers, vLLM's automatic binding refuses to start ("Not
-    enough allowed NUMA nodes to bind threads"); an explicit '0|1' style split works.
-    """
-    cpu_ids = sorted(c for ids in hw.numa_node_cpu_ids.values() for c in ids)
-    if tensor_parallel_size > len(cpu_ids):
-        raise UnsupportedHardwareError(
-            f"tensor_parallel_size={tensor_parallel_size} needs at least that many CPU cores; "
-            f"this process may use {len(cpu_ids)}."
-        )
-    per_rank = len(cpu_ids) // tensor_parallel_size
-    ranges = []
-    for rank in range(tensor_parallel_size):
-        ids = cpu_ids[rank * per_rank:(rank + 1) * per_rank]
-        ranges.append(str(ids[0]) if len(ids) == 1 else f"{ids[0]}-{ids[-1]}")
-    return "|".join(ranges)
-
-
-def check_kv_cache_dtype(hw: Hardware, kv_cache_dtype: str) -> None:
-    """Refuse an fp8 KV cache where vLLM's CPU backend cannot run it, before the engine crashes."""
-    if not kv_cache_dtype.startswith("fp8") or hw.device == "cuda":
-        return
-    if not (hw.has_avx512 or hw.has_amx):
-        raise UnsupportedHardwareError(
-            f"kv_cache_dtype={kv_cache_dtype!r} is not available on this CPU: vLLM's CPU backend "
-            "needs x86 with AVX-512 or AMX for an FP8 KV cache, and this CPU "
-            f"({hw.cpu_model}) has neither. Use kv_cache_dtype='auto' here, or run on a GPU "
-            "or an AVX-512/AMX CPU (e.g. Intel Xeon Sapphire Rapids or newer)."
-        )
-
-
-def engine_settings(
-    hw: Hardware,
-    *,
-    weights_bytes: int = 0,
-    block_size: int | None = None,
-    kv_cache_dtype: str = "auto",
-    tensor_parallel_size: int = 1,
-) -> EngineSettings:
-    """Choose engine settings for `hw`; explicit arguments win where the hardware allows them.
-
-    Args:
-        hw: from `detect_hardware()`.
-        weights_bytes: size of the model's weights, to size the CPU KV cache for big models.
-        block_size: KV block size in tokens; None picks the backend's sensible default.
-        kv_cache_dtype: "auto" or an fp8 variant (checked against the hardware).
-        tensor_parallel_size: number of workers.
-
-    Returns:
-        The settings, with one reason per decision.
-    """
-    check_kv_cache_dtype(hw, kv_cache_dtype)
-    kwargs: dict[str, object] = {"kv_cache_dtype": kv_cache_dtype, "tensor_parallel_size": tensor_parallel_size}
-    env: dict[str, str] = {}
-    reasons: list[str] = []
-    if debugging_workers():
-        check_ready_to_debug_workers(tensor_parallel_size)  # plugin installed, ports free
-        env.update(DEBUG_ENGINE_ENV)
-        reasons.append(f"{WORKER_DEBUG_ENV}=1: each vLLM worker listens for a debugger (the workbook's vLLM "
-                       "plugin); workers are spawned so each loads it, and a worker paused at a breakpoint is "
-                       "not declared dead after 300 s (VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS).")
-    if hw.device == "cuda":
-        kwargs["gpu_memory_utilization"] = GPU_MEMORY_UTILIZATION
-        reasons.append(f"GPU found: vLLM may use {GPU_MEMORY_UTILIZATION:.0%} of its memory (weights + KV cache).")
-        if block_size is not None:
-            kwargs["block_size"] = block_size
-        return EngineSettings(kwargs, env, reasons)
-
-    # CPU backend.
-    if block_size is None:
-        block_size = CPU_BLOCK_SIZE
-    elif block_size % 32:
-        raise UnsupportedHardwareError(
-            f"block_size={block_size} does not work on vLLM's CPU backend: its attention kernels "
-            "need a multiple of 32 (32, 64, 128). GPUs also accept 16."
-        )
-    kwargs["block_size"] = block_size
-    kwargs["enforce_eager"] = True
-    reasons.append(f"No GPU: vLLM's CPU backend, block_size={block_size} (CPU attention needs a multiple of 32).")
-    reasons.append("enforce_eager=True: no torch.compile/graph capture, so engine start is fast and steppable.")
-    if "VLLM_CPU_KVCACHE_SPACE" in os.environ:
-        reasons.append(f"KV cache: VLLM_CPU_KVCACHE_SPACE={os.environ['VLLM_CPU_KVCACHE_SPACE']} GiB (set by you).")
-    else:
-        if weights_bytes < 2**30:
-            space = CPU_KVCACHE_SPACE_GIB_SMALL
-        else:  # a real model: give the cache a quarter of RAM, but keep the rest for weights and us
-            space = max(2, min(32, int(hw.total_memory_gib * 0.25)))
-        env["VLLM_CPU_KVCACHE_SPACE"] = str(space)
-        reasons.append(f"KV cache: {space} GiB of RAM (VLLM_CPU_KVCACHE_SPACE; set it yourself to change).")
-    if tensor_parallel_size > 1 and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
-        env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_threads_bind(hw, tensor_parallel_size)
-        reasons.append(f"TP={tensor_parallel_size} on CPU: threads bound as {env['VLLM_CPU_OMP_THREADS_BIND']}.")
-    return EngineSettings(kwargs, env, reasons)

@@ -17,7 +17,8 @@ from typing import Any
 
 import pandas as pd
 
-from labs.core.hardware import UnsupportedHardwareError, check_kv_cache_dtype, detect_hardware
+from labs.core.engine_settings import check_kv_cache_dtype
+from labs.core.hardware import UnsupportedHardwareError, detect_hardware
 from labs.lab5_kv_quantization.calibrate import KVAmax
 
 KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")  # "fp8" is e4m3 in vLLM

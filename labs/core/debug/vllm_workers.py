@@ -8,7 +8,7 @@ workbook registers `register` below in pyproject.toml. It does nothing unless
 WORKBOOK_DEBUG_VLLM_WORKERS=1, and then only in a worker: rank r listens on
 127.0.0.1:5679+r, the ports the compound "Lab 4: attach to tensor-parallel ranks 0 and 1" attaches to.
 
-Two engine settings go with it (added by `labs.core.hardware.engine_settings`, with reasons):
+Two engine settings go with it (added by `labs.core.engine_settings.engine_settings`, with reasons):
   - VLLM_WORKER_MULTIPROC_METHOD=spawn: a forked worker inherits its parent's "plugins already
     loaded" flag and would skip the plugin (GPUs fork unless CUDA is initialised; CPUs spawn).
   - VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS=86400: the engine declares a worker dead when a step takes
@@ -57,7 +57,7 @@ def register() -> None:
 def check_ready_to_debug_workers(tensor_parallel_size: int) -> None:
     """Raise with the fix if vLLM's workers could not open their listeners: no plugin, or a taken port.
 
-    Called in the process that starts the engine (`labs.core.hardware.engine_settings`), so a port held
+    Called in the process that starts the engine (`labs.core.engine_settings.engine_settings`), so a port held
     by a left-over process is named in one sentence before vLLM starts any worker, instead of a
     worker dying with "Address already in use" deep in vLLM's start-up.
 
