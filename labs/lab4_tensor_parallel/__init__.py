@@ -6,6 +6,7 @@
     launcher.py   run_ranks: one real process per rank (spawn: works from Jupyter too)
     checks.py     equal to one process (transformers' Qwen2), two reduces a block, compute vs comm time
     vllm_tp.py    real vLLM with tensor_parallel_size=2: same greedy tokens, per-rank weights and memory
+    predictions.py  the notebook's predictions (all-reduces per forward, parameters per rank) vs the live run
     exercise.py   your stubs (shards, the sharded MLP's all-reduce, KV heads and parameters per rank);
                   solution.py the reference
 
