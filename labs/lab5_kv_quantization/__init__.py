@@ -4,6 +4,7 @@ Reading order: quantize.py (schemes, scales, bytes) -> calibrate.py (static scal
 calibration prompts) -> cache.py (the quantized paged KV cache inside the mini engine) ->
 measure.py (bytes, errors, top-1 agreement, phrasebook exact match) -> vllm_fp8.py (the real
 engine with kv_cache_dtype="fp8") -> vllm_scales.py (calibrated k_scale/v_scale handed to vLLM
-through a checkpoint's kv_cache_scheme). exercise.py holds your stubs (quantize, dequantize, KV
+through a checkpoint's kv_cache_scheme) -> predictions.py (the notebook's predictions, fp8 bytes
+per token and capacity, checked against those engines). exercise.py holds your stubs (quantize, dequantize, KV
 bytes per token, the worst layer), solution.py the reference.
 """
