@@ -16,7 +16,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 DEVICE ?= $(shell (command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1) && echo cuda || echo cpu)
 SETUP_STAMP := $(VENV)/.workbook-setup-$(DEVICE)
 
-.PHONY: help setup models train first-run demo test lab tour grade doctor clean-runs
+.PHONY: help setup models train first-run demo test lab tour grade progress doctor clean-runs
 
 help:
 	@echo "make demo    set up (first time), then generate with the offline default model"
@@ -25,6 +25,8 @@ help:
 	@echo "make lab     JupyterLab on notebooks/"
 	@echo "make tour    execute every notebook into runs/<timestamp>/ (with HTML copies)"
 	@echo "make grade LAB=1   grade YOUR exercise answers (labs/labN_*/exercise*.py) instead of the reference"
+	@echo "                   (LAB=2, 3: once they pass, your engine vs vLLM on all 320 prompts: python -m labs.your_engine)"
+	@echo "make progress      every lab's exercises: passed / failed / not started, and whether your engine runs"
 	@echo "make doctor  check the install (vLLM version, torch, torchvision trap, hardware)"
 	@echo "make train   retrain tiny-phrasebook (~10 min; SHIP=1 replaces the shipped weights)"
 	@echo "make first-run   time a fresh clone to make demo, a breakpoint in vLLM's scheduler, make test"
@@ -83,8 +85,13 @@ lab: setup
 tour: setup
 	$(PY) -m labs.tour
 
+# Once lab LAB's exercises pass: the mini engine built from your parts that pass so far vs vLLM (Labs 2, 3).
 grade: setup
 	LABS_GRADE=learner $(PY) -m pytest tests/exercises/test_lab$(LAB)_*.py
+	@$(PY) -m labs.your_engine --after-lab $(LAB)
+
+progress: setup
+	@$(PY) -m labs.progress
 
 clean-runs:
 	rm -rf runs/

@@ -68,15 +68,61 @@ def reference(exercise: str) -> ModuleType:
 
 ENGINE_ENV = "LABS_ENGINE"
 
+# The exercises the mini engine is assembled from (labs/core/mini/engine.py and attention.py).
+ENGINE_PARTS: tuple[str, ...] = ("lab2_kv_cache", "lab2_paged_attention", "lab3_scheduler")
+
+
+def parse_engine_setting(setting: str | None) -> dict[str, str]:
+    """Each engine part's choice ("solution", "learner" or a module path) under a $LABS_ENGINE value.
+
+    Accepted values:
+        "" / None / "solution"   every part the reference (the default)
+        "learner"                every part from your labs/<lab>/exercise*.py
+        "some.module"            every part from that module (it defines all three)
+        "lab2_kv_cache=learner,lab3_scheduler=tests.exercises.broken_kv_cache"
+                                 per part; parts not named are the reference
+
+    Raises:
+        ValueError: a per-part setting names an unknown part or no choice.
+    """
+    setting = (setting or "").strip()
+    if "=" not in setting:
+        return dict.fromkeys(ENGINE_PARTS, setting or "solution")
+    choices = dict.fromkeys(ENGINE_PARTS, "solution")
+    for item in filter(None, (i.strip() for i in setting.split(","))):
+        part, _, choice = (x.strip() for x in item.partition("="))
+        if part not in ENGINE_PARTS or not choice:
+            raise ValueError(f"{ENGINE_ENV}={setting!r}: {item!r} is not <part>=<choice> with a part among "
+                             f"{', '.join(ENGINE_PARTS)} and a choice solution, learner or a module path")
+        choices[part] = choice
+    return choices
+
+
+def format_engine_setting(choices: dict[str, str]) -> str:
+    """The $LABS_ENGINE value that selects `choices` (the inverse of `parse_engine_setting`)."""
+    choices = {part: choices.get(part, "solution") for part in ENGINE_PARTS}
+    if len(set(choices.values())) == 1:
+        return next(iter(choices.values()))
+    return ",".join(f"{part}={choice}" for part, choice in choices.items() if choice != "solution")
+
+
+def engine_choices() -> dict[str, str]:
+    """`parse_engine_setting` of the current $LABS_ENGINE."""
+    return parse_engine_setting(os.environ.get(ENGINE_ENV))
+
 
 def engine_part(exercise: str) -> ModuleType:
     """The implementation the mini engine is assembled from: the reference unless $LABS_ENGINE says.
 
     Why a second switch: `make grade LAB=5` (LABS_GRADE=learner) runs the mini engine, which must
     not pick up the still-unanswered stubs of Labs 2 and 3. `LABS_ENGINE=learner` builds the
-    engine from the learner's own block manager, scheduler and paged attention.
+    engine from the learner's own block manager, scheduler and paged attention;
+    `LABS_ENGINE=lab2_kv_cache=learner` only the block manager (see `parse_engine_setting`).
 
     Args:
         exercise: "lab2_kv_cache", "lab2_paged_attention" or "lab3_scheduler".
     """
-    return load_implementation(exercise, os.environ.get(ENGINE_ENV) or "solution")
+    setting = os.environ.get(ENGINE_ENV) or "solution"
+    if exercise not in ENGINE_PARTS:  # not one of the engine's parts: a one-word setting still applies
+        return load_implementation(exercise, "solution" if "=" in setting else setting)
+    return load_implementation(exercise, parse_engine_setting(setting)[exercise])
