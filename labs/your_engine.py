@@ -39,18 +39,14 @@ from typing import Any
 
 from labs.core.grading import ENGINE_ENV, ENGINE_PARTS, format_engine_setting, implementation_module_name, \
     parse_engine_setting
+from labs.progress import ENGINE_PART_TESTS, classify, run_graders
 
 MODEL = "tiny-phrasebook"
 MAX_TOKENS = 48
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = REPO_ROOT / "runs" / "your_engine"
 
-# Each engine part and the graded tests that decide whether yours is used.
-PART_TESTS: dict[str, str] = {
-    "lab2_kv_cache": "tests/exercises/test_lab2_kv_cache.py",
-    "lab2_paged_attention": "tests/exercises/test_lab2_paged_attention.py",
-    "lab3_scheduler": "tests/exercises/test_lab3_continuous_batching.py",
-}
+PART_TESTS = ENGINE_PART_TESTS  # each engine part and the graded tests that decide whether yours is used
 LAB_PARTS: dict[int, tuple[str, ...]] = {2: ("lab2_kv_cache", "lab2_paged_attention"), 3: ("lab3_scheduler",)}
 
 
@@ -124,8 +120,6 @@ def grade_parts(grade: str = "learner", known_passed: tuple[str, ...] = (), show
         grade: whose answers ("learner", or a module path / "solution" to check the mechanism).
         known_passed: parts already known to pass (e.g. `make grade` just graded them): not rerun.
     """
-    from labs.progress import run_graders
-
     to_grade = [p for p in ENGINE_PARTS if p not in known_passed]
     run = run_graders([REPO_ROOT / PART_TESTS[p] for p in to_grade], grade, desc="grading your engine's parts",
                       show_progress=show_progress) if to_grade else None
@@ -135,15 +129,7 @@ def grade_parts(grade: str = "learner", known_passed: tuple[str, ...] = (), show
     return parts
 
 
-def parts_from_grader_run(run: Any, grade: str = "learner") -> Parts:
-    """The parts a `labs.progress.run_graders` run (with LABS_GRADE=`grade`) decided; a part whose
-    graders it did not run is the reference."""
-    return _parts_from(run, grade, [p for p in ENGINE_PARTS if run.of_file(PART_TESTS[p])])
-
-
 def _parts_from(run: Any, grade: str, graded: list[str]) -> Parts:
-    from labs.progress import classify
-
     parts = Parts(dict.fromkeys(ENGINE_PARTS, "solution"))
     for part in graded:
         status = classify(run.of_file(PART_TESTS[part]))
@@ -408,7 +394,9 @@ def smoke(parts: Parts, num_prompts: int = 8) -> str:
                 f"({', '.join(ENGINE_PARTS)} join once their graders pass)")
     result = compare_setting(SETTINGS["default"], parts, reference)
     if result.error is not None:
-        return f"CRASHES with your {parts.in_play()}:\n{result.error}"
+        lines = [line.strip() for line in result.error.splitlines()]
+        where = next((line for line in reversed(lines) if line.startswith("File ")), "")
+        return f"CRASHES with your {parts.in_play()}: {lines[-1]} ({where})"
     if result.first_difference is not None:
         d = result.first_difference
         return (f"runs, but differs from the reference engine: prompt {d.prompt_index}, output token {d.position} "
@@ -431,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-prompts", type=int, default=320, help="the first N phrasebook prompts (default all)")
     parser.add_argument("--max-tokens", type=int, default=MAX_TOKENS)
     parser.add_argument("--fresh", action="store_true", help="recompute vLLM's outputs (not the kept ones)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="make progress's check: a few prompts, against the reference mini engine (no vLLM)")
     parser.add_argument("--reference-file", default=None, help=argparse.SUPPRESS)  # tests: vLLM's outputs as JSON
     args = parser.parse_args(argv)
 
@@ -447,6 +437,9 @@ def main(argv: list[str] | None = None) -> int:
         known = tuple(p for p in args.passed.split(",") if p.strip())
         known += LAB_PARTS.get(args.after_lab, ())
         parts = grade_parts("learner", known)
+    if args.smoke:
+        print(smoke(parts))
+        return 0
     settings = [s.strip() for s in args.settings.split(",") if s.strip()]
     unknown = [s for s in settings if s not in SETTINGS]
     if unknown:
