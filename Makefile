@@ -77,10 +77,11 @@ demo: setup
 	$(PY) -m labs.demo
 
 test: setup
+	@bash tests/install_browser.sh $(PY)
 	$(PY) -m pytest tests
 
 lab: setup
-	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --ServerApp.root_dir=notebooks
+	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --ServerApp.root_dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 tour: setup
 	$(PY) -m labs.tour
