@@ -136,7 +136,7 @@ def _parts_from(run: Any, grade: str, graded: list[str]) -> Parts:
         if status.passed:
             parts.choices[part], parts.reasons[part] = grade, f"{PART_TESTS[part]} passes"
         else:
-            parts.reasons[part] = f"yours is {status.label} in {PART_TESTS[part]}"
+            parts.reasons[part] = f"yours: {status.label}, {PART_TESTS[part]}"
     return parts
 
 
