@@ -35,7 +35,7 @@ def test_learner_file_mirrors_the_reference_signatures() -> None:
 def test_wrong_answers_fail_with_a_readable_diff() -> None:
     env = {**os.environ, "LABS_GRADE": "tests.exercises.broken_lab1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", str(HERE / "test_lab1_basic.py"), "-q", "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "pytest", str(HERE / "test_lab1_basic_inference.py"), "-q", "-p", "no:cacheprovider"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900,
     )
     out = proc.stdout
