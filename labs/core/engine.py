@@ -113,6 +113,9 @@ def make_llm(model: str | None = None, *, block_size: int | None = None, kv_cach
 
     from vllm import LLM
 
+    from labs.core.quiet_output import quiet_vllm_logs
+
+    quiet_vllm_logs()  # vLLM's handlers exist once it is imported
     kwargs = {**run.settings.engine_kwargs, "max_model_len": max_model_len, **engine_kwargs}
     llm = LLM(model=run.model.path, **kwargs)
     llm.workbook_run_info = run

@@ -9,6 +9,7 @@ learner; anything not on it, including every warning a learner can act on, passe
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -53,6 +54,31 @@ def is_unactionable(line: str) -> bool:
         True when it matches an `UNACTIONABLE` pattern.
     """
     return any(_PATTERN.search(segment) for segment in line.split("\r"))
+
+
+class UnactionableLogFilter(logging.Filter):
+    """Drops vLLM log records on the `UNACTIONABLE` list (for engines inside a notebook or script)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not is_unactionable(record.getMessage())
+
+
+def quiet_vllm_logs() -> bool:
+    """Leave unactionable lines out of vLLM's log in this process, unless `DEBUG=1`.
+
+    Why a logging filter here and a line filter in `run_filtered`: an engine inside a notebook
+    kernel logs through vLLM's own handlers in this process, so the filter goes on those handlers
+    (a filter on the `vllm` logger itself would miss records of its child loggers).
+
+    Returns:
+        Whether a filter is in place (False with `DEBUG=1`).
+    """
+    if debug_requested():
+        return False
+    for handler in logging.getLogger("vllm").handlers:
+        if not any(isinstance(f, UnactionableLogFilter) for f in handler.filters):
+            handler.addFilter(UnactionableLogFilter())
+    return True
 
 
 def filter_lines(source: IO[str], sink: IO[str]) -> int:
