@@ -102,7 +102,8 @@ def check_prefix_cache_hits(predicted: float | None, count: PrefixCacheCount, pl
     why = (f"vllm:prefix_cache_hits_total went up by {count.hits:,} of {count.queries:,} prompt tokens looked up "
            f"({count.hit_rate:.0%}) while the document's {len(plan.chunks)} chunks were translated. Every chunk's "
            f"prompt starts with the same {plan.num_shared_tokens}-token shared prompt, and the cache serves "
-           f"{blocks}; requests sent together before the first one is computed miss it, and a server that "
-           "translated this document before also hits on the chunks themselves.")
+           f"{blocks}: the first chunk computes them and every later chunk can reuse them; a server that has "
+           "seen this shared prompt before (another run) serves the first chunk's too, and one that translated "
+           "this document before also the chunks' own text.")
     return check_number("prompt tokens served from the prefix cache", predicted, count.hits, why,
                         tolerance=tolerance, relative=True, unit=" tokens", quiet=quiet)
