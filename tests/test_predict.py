@@ -33,3 +33,9 @@ def test_a_choice_is_right_or_wrong_and_must_be_one_of_the_choices() -> None:
 def test_a_prediction_that_is_not_a_number_is_refused() -> None:
     with pytest.raises(TypeError, match="must be a number"):
         check_number("blocks", "four", 4, "ceil(100/32).", quiet=True)
+
+
+def test_numbers_read_as_a_learner_writes_them() -> None:
+    big = check_number("parameters per rank", 2_000_000, 2_100_480, "counted.", quiet=True)
+    assert "2,100,480" in big.message and "wrong by -100,480" in big.message
+    assert "0.8367" in check_number("decode share", None, 0.83671, "measured.", quiet=True).message

@@ -39,6 +39,12 @@ class Verdict:
         return self.message
 
 
+def _fmt(x: float, sign: bool = False) -> str:
+    """Whole numbers with thousands separators (2,100,480), others to 4 significant digits."""
+    plus = "+" if sign else ""
+    return f"{int(x):{plus},}" if float(x).is_integer() else f"{x:{plus}.4g}"
+
+
 def _show(verdict: Verdict, quiet: bool) -> Verdict:
     if not quiet:
         print(verdict.message)
@@ -63,7 +69,7 @@ def check_number(name: str, predicted: float | None, actual: float, why: str, *,
         The verdict; its message is printed unless `quiet`.
     """
     if predicted is None:
-        return _show(Verdict(name, None, actual, None, f"{name}: {NO_PREDICTION} (the engine says {actual:g}{unit}). "
+        return _show(Verdict(name, None, actual, None, f"{name}: {NO_PREDICTION} (the engine says {_fmt(actual)}{unit}). "
                                                        f"{why}"), quiet)
     if isinstance(predicted, bool) or not isinstance(predicted, (int, float)) or math.isnan(predicted):
         raise TypeError(f"{name}: the prediction must be a number, not {predicted!r}")
@@ -71,11 +77,11 @@ def check_number(name: str, predicted: float | None, actual: float, why: str, *,
     off = predicted - actual
     right = abs(off) <= allowed
     if right:
-        head = f"{name}: right: you said {predicted:g}{unit}, the engine says {actual:g}{unit}"
+        head = f"{name}: right: you said {_fmt(predicted)}{unit}, the engine says {_fmt(actual)}{unit}"
     else:
         how_far = f" ({off / actual:+.0%})" if actual else ""
-        head = (f"{name}: wrong by {off:+g}{unit}{how_far}: you said {predicted:g}{unit}, "
-                f"the engine says {actual:g}{unit}")
+        head = (f"{name}: wrong by {_fmt(off, sign=True)}{unit}{how_far}: you said {_fmt(predicted)}{unit}, "
+                f"the engine says {_fmt(actual)}{unit}")
     return _show(Verdict(name, predicted, actual, right, f"{head}. {why}"), quiet)
 
 
