@@ -74,4 +74,4 @@ def test_params_per_rank_are_read_from_vllms_tp2_workers(model_path: Path) -> No
     wrong = predictions.check_params_per_rank(whole, report, whole, quiet=True)  # "each rank holds the whole model"
     assert wrong.right is False and "wrong by" in wrong.message
     none = predictions.check_params_per_rank(None, report, whole, quiet=True)
-    assert none.right is None and NO_PREDICTION in none.message and f"{expected:g}" in none.message
+    assert none.right is None and NO_PREDICTION in none.message and f"{expected:,}" in none.message
