@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from labs.core.paths import REPO_ROOT
+
 EXERCISE_TESTS = REPO_ROOT / "tests" / "exercises"
 PROGRESS_LOG_ENV = "LABS_PROGRESS_LOG"
 # The mini engine's parts and the graded tests that decide whether yours is used (labs/your_engine.py).

@@ -39,12 +39,12 @@ from typing import Any
 
 from labs.core.grading import ENGINE_ENV, ENGINE_PARTS, format_engine_setting, implementation_module_name, \
     parse_engine_setting
+from labs.core.paths import REPO_ROOT, RUNS_DIR
 from labs.progress import ENGINE_PART_TESTS, classify, run_graders
 
 MODEL = "tiny-phrasebook"
 MAX_TOKENS = 48
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CACHE_DIR = REPO_ROOT / "runs" / "your_engine"
+CACHE_DIR = RUNS_DIR / "your_engine"  # git-ignored
 
 PART_TESTS = ENGINE_PART_TESTS  # each engine part and the graded tests that decide whether yours is used
 LAB_PARTS: dict[int, tuple[str, ...]] = {2: ("lab2_kv_cache", "lab2_paged_attention"), 3: ("lab3_scheduler",)}

@@ -166,3 +166,10 @@ def test_every_lab_with_exercises_is_graded() -> None:
     listed = {implementation_module_name(name, "learner") for name in EXERCISES}
     on_disk = {module_name(p) for p in LABS.glob("*/exercise*.py")}
     assert listed == on_disk
+
+
+def test_the_repository_root_is_computed_in_one_place() -> None:
+    """Only labs/core/paths.py climbs from __file__ to the root: a moved module cannot point elsewhere."""
+    bad = [f"{p.relative_to(REPO)}:{n}" for p in LABS.rglob("*.py") if p != LABS / "core" / "paths.py"
+           for n, line in enumerate(p.read_text().splitlines(), 1) if "__file__" in line and "parents[" in line]
+    assert not bad, "use labs.core.paths (REPO_ROOT, RUNS_DIR, ...):\n" + "\n".join(bad)
