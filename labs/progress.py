@@ -11,7 +11,7 @@ classifies every lab from the outcome of each test:
                   the only passing tests are the graders' self-checks (they pass without your code)
     failed (k of n tests pass)   anything else
 then smoke-runs "your engine": the mini engine built from the parts whose graders pass (see
-labs/your_engine.py), on a few prompts, against the same engine built from the references.
+labs/your_engine/), on a few prompts, against the same engine built from the references.
 
 This module is also the pytest plugin (`-p labs.progress`) that reports each test's outcome to
 the table, one JSON line per test, in the file $LABS_PROGRESS_LOG.
@@ -35,7 +35,7 @@ from labs.core.paths import REPO_ROOT
 
 EXERCISE_TESTS = REPO_ROOT / "tests" / "exercises"
 PROGRESS_LOG_ENV = "LABS_PROGRESS_LOG"
-# The mini engine's parts and the graded tests that decide whether yours is used (labs/your_engine.py).
+# The mini engine's parts and the graded tests that decide whether yours is used (labs/your_engine/).
 ENGINE_PART_TESTS: dict[str, str] = {
     "lab2_kv_cache": "tests/exercises/test_lab2_kv_cache.py",
     "lab2_paged_attention": "tests/exercises/test_lab2_paged_attention.py",

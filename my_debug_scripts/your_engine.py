@@ -8,7 +8,7 @@ Run it:   python my_debug_scripts/your_engine.py          (or F5 "Your engine: y
           python my_debug_scripts/your_engine.py --all    every part yours, passing its graders or not
           python my_debug_scripts/your_engine.py --parts lab3_scheduler   just these parts, no grading
 By default your parts whose graded tests pass are used (they are run first, ~30 s; see
-labs/your_engine.py), the reference for the rest; $LABS_ENGINE, if set, is used as is.
+labs/your_engine/), the reference for the rest; $LABS_ENGINE, if set, is used as is.
 
 Breakpoints worth setting (justMyCode: false; they are hit only for the parts that are yours):
   - labs/lab2_paged_attention/exercise_kv_cache.py        KVCacheManager.allocate_slots   blocks for this step's tokens
@@ -80,7 +80,7 @@ def main() -> int:
         log.info("%d steps, %d preemptions", step, engine.num_preemptions)
 
     reference_llm = LLM(ye.MODEL, **SMALL_ENGINE)  # the reference parts (LABS_ENGINE restored)
-    expected, _ = ye._generate(reference_llm, prompt_ids, ye.MAX_TOKENS)
+    expected, _ = ye.generate(reference_llm, prompt_ids, ye.MAX_TOKENS)
     tokenizer = llm.get_tokenizer()
     num_equal = 0
     for i, (mine, ref) in enumerate(zip(outputs, expected)):

@@ -1,4 +1,4 @@
-"""Your engine (labs/your_engine.py) and `make progress` (labs/progress.py): they must be able to fail.
+"""Your engine (labs/your_engine/) and `make progress` (labs/progress.py): they must be able to fail.
 
 - the reference parts, assembled into the mini engine, give vLLM's tokens on all 320 phrasebook
   prompts in each setting, and each setting really preempts / hits the prefix cache;
