@@ -27,6 +27,8 @@ from labs.lab3_continuous_batching.batching import (SCARCE_KV, plot_steps, reque
 from labs.lab3_continuous_batching.traces import TraceRequest, equal_lengths_trace, mixed_lengths_trace, preemption_scenario
 from labs.lab3_continuous_batching.costs import expected_steps, running_per_step
 from labs.core.live import StepObservation
+from labs.core.predict import NO_PREDICTION, check_choice, check_number
+from labs.lab3_continuous_batching.predictions import preemptions, recompute_tax
 
 pytestmark = pytest.mark.engine
 
@@ -43,13 +45,21 @@ def record_live_run(out_path: str) -> None:
     from labs.lab3_continuous_batching.batching import compare_batching
     from labs.core.engine import free_llm, make_llm
     from labs.core.live import EngineObserver
+    from labs.lab3_continuous_batching.predictions import first_preemption
 
     llm = make_llm("tiny-phrasebook", inspectable=True, verbose=False, **SCARCE_KV)
     observer = EngineObserver(llm)
     for req in preemption_scenario():
         observer.add_request(req.request_id, req.prompt_token_ids, req.sampling_params())
+    first = first_preemption(observer)  # steps up to the first preemption (the notebook's prediction)
+    steps_to_first = len(observer.history)
     observer.run()
+    again = first_preemption(observer)  # on a finished run: reads the history, steps nothing
     record = {
+        "first": dataclasses.asdict(first) if first else None,
+        "again": dataclasses.asdict(again) if again else None,
+        "steps_to_first": steps_to_first,
+        "output_lens": {rid: len(out.outputs[0].token_ids) for rid, out in observer.outputs.items()},
         "limits": dataclasses.asdict(vi.scheduler_limits(llm)),
         "kv_cache": dataclasses.asdict(vi.kv_cache_snapshot(llm)),
         "unfinished_after_run": observer.has_unfinished_requests(),
@@ -196,3 +206,58 @@ def test_step_counts_are_machine_independent(live: dict[str, Any]) -> None:
             assert running.max() <= BATCH_SIZE, (name, mode, running)
     mixed = {m: expected_steps(TINY_TRACES["mixed lengths"], m, BATCH_SIZE) for m in ("static", "continuous")}
     assert mixed["static"] / mixed["continuous"] > 1.5, mixed
+
+
+# --- Lab 3's predictions: the first preemption and the recompute tax, from the same run ----------
+
+def test_first_preemption_is_the_last_admitted_request_when_blocks_run_out(live: dict[str, Any]) -> None:
+    history, first = live["history"], live["first"]
+    assert first is not None and first == live["again"]
+    assert live["steps_to_first"] == first["step"]  # first_preemption stepped exactly up to it
+    step = first["step"]
+    before = history[step - 2]  # the state the scheduler started the preemption step from
+    # FCFS: the victim is the running request admitted last
+    assert first["request_id"] == before.running_ids[-1]
+    assert before.num_free_blocks == 0 and first["request_id"] in history[step - 1].preempted_ids
+    assert not any(obs.preempted_ids for obs in history[:step - 1])
+    rid = first["request_id"]
+    assert first["num_computed_tokens"] == sum(o.num_scheduled_tokens.get(rid, 0) for o in history[:step - 1])
+    wrong = check_choice("victim", "req-0", first["request_id"], "why", choices=("req-0", rid), quiet=True)
+    assert wrong.right is False and "wrong" in wrong.message
+    assert check_number("step", step + 3, step, "why", quiet=True).right is False
+    none = check_choice("victim", None, first["request_id"], "why", quiet=True)
+    assert none.right is None and NO_PREDICTION in none.message
+
+
+def test_recompute_tax_counted_two_ways_agrees(live: dict[str, Any]) -> None:
+    trace = preemption_scenario()
+    tax = recompute_tax(live["history"], trace)
+    assert live["output_lens"] == {req.request_id: req.max_tokens for req in trace}
+    assert tax.preemptions and tax.tokens > 0
+    # total scheduled - what each request needs == what each preempted request had computed
+    assert tax.tokens == tax.lost_at_preemption
+    assert tax.num_needed_tokens == sum(len(r.prompt_token_ids) + r.max_tokens - 1 for r in trace)
+    assert tax.num_scheduled_tokens == sum(sum(o.num_scheduled_tokens.values()) for o in live["history"])
+    # and against the recompute request_summary finds: each prefills what was lost + 1 sampled token (or the prompt)
+    summary = request_summary(live["history"], trace)
+    prompt_lens = {req.request_id: len(req.prompt_token_ids) for req in trace}
+    seen: dict[str, int] = {}
+    for p in preemptions(live["history"]):
+        k = seen[p.request_id] = seen.get(p.request_id, -1) + 1
+        segment = summary.loc[p.request_id, "recompute_chunks"].split(" | ")[k]
+        assert sum(map(int, segment.split("+"))) == max(prompt_lens[p.request_id], p.num_computed_tokens + 1)
+    assert 0 < tax.share < 1
+    wrong = check_number("tax", 0, tax.tokens, "why", unit=" tokens", quiet=True)
+    assert wrong.right is False and "(-100%)" in wrong.message
+    assert check_number("tax", tax.tokens, tax.tokens, "why", quiet=True).right is True
+    assert check_number("tax", None, tax.tokens, "why", quiet=True).right is None
+
+
+def test_no_preemption_means_no_tax() -> None:
+    trace = preemption_scenario(num_requests=1, max_tokens=2)
+    rid = trace[0].request_id
+    n = len(trace[0].prompt_token_ids)
+    history = [StepObservation(1, {rid: n}, {}, [rid], [], [], [], {rid: [1, 2]}, 9, 0.0),
+               StepObservation(2, {rid: 1}, {}, [], [], [], [rid], {}, 11, 0.0)]
+    tax = recompute_tax(history, trace)
+    assert (tax.tokens, tax.lost_at_preemption, tax.preemptions) == (0, 0, [])
