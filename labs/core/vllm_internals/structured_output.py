@@ -98,7 +98,7 @@ def grammar_vocab_size(llm_or_engine: Any) -> int:
 
 
 def xgrammar_matcher(tokenizer: Any, vocab_size: int, *, json_schema: str | None = None, regex: str | None = None,
-                     choice: list[str] | None = None) -> Any:
+                     choice: list[str] | None = None, stop_token_ids: list[int] | None = None) -> Any:
     """An `xgrammar.GrammarMatcher` for one constraint, compiled as vLLM's XgrammarBackend compiles it.
 
     Why: a grammar state outside the engine lets a grader or a notebook ask xgrammar itself which
@@ -110,6 +110,9 @@ def xgrammar_matcher(tokenizer: Any, vocab_size: int, *, json_schema: str | None
         tokenizer: a Hugging Face tokenizer (e.g. `llm.get_tokenizer()`).
         vocab_size: the model's vocabulary size (may exceed the tokenizer's: padded ids).
         json_schema / regex / choice: exactly one constraint.
+        stop_token_ids: the tokens that may end the answer once the grammar is complete; vLLM passes the
+            request's `all_stop_token_ids` (the tokenizer's EOS and the generation config's eos_token_id
+            list). None: the tokenizer's own stop tokens.
     """
     check_vllm_version()
     import xgrammar as xgr
@@ -124,7 +127,7 @@ def xgrammar_matcher(tokenizer: Any, vocab_size: int, *, json_schema: str | None
         compiled = compiler.compile_regex(regex)
     else:
         compiled = compiler.compile_grammar(choice_as_grammar(choice))
-    return xgr.GrammarMatcher(compiled)
+    return xgr.GrammarMatcher(compiled, override_stop_tokens=list(stop_token_ids) if stop_token_ids else None)
 
 
 def xgrammar_next_bitmask(matcher: Any, vocab_size: int) -> np.ndarray:
