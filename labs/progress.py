@@ -40,6 +40,7 @@ ENGINE_PART_TESTS: dict[str, str] = {
     "lab2_kv_cache": "tests/exercises/test_lab2_kv_cache.py",
     "lab2_paged_attention": "tests/exercises/test_lab2_paged_attention.py",
     "lab3_scheduler": "tests/exercises/test_lab3_continuous_batching.py",
+    "lab4_tensor_parallel": "tests/exercises/test_lab4_tensor_parallel.py",
 }
 LAB_TITLES = {1: "basic inference", 2: "paged attention", 3: "continuous batching", 4: "tensor parallel",
               5: "KV quantization", 6: "profiling"}

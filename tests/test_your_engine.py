@@ -26,6 +26,7 @@ from labs.core.models.phrasebook import load_phrasebook
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BROKEN = "tests.exercises.broken_kv_cache"
+BROKEN_TP = "tests.exercises.broken_lab4"
 
 
 def run_module(*args: str, env: dict[str, str] | None = None, timeout: int = 900) -> subprocess.CompletedProcess[str]:
@@ -40,7 +41,8 @@ def test_engine_setting_per_part(monkeypatch: pytest.MonkeyPatch) -> None:
     assert parse_engine_setting(None) == dict.fromkeys(ENGINE_PARTS, "solution")
     assert parse_engine_setting("learner") == dict.fromkeys(ENGINE_PARTS, "learner")
     choices = parse_engine_setting(f"lab2_kv_cache={BROKEN}, lab3_scheduler=learner")
-    assert choices == {"lab2_kv_cache": BROKEN, "lab2_paged_attention": "solution", "lab3_scheduler": "learner"}
+    assert choices == {"lab2_kv_cache": BROKEN, "lab2_paged_attention": "solution", "lab3_scheduler": "learner",
+                       "lab4_tensor_parallel": "solution"}
     assert parse_engine_setting(format_engine_setting(choices)) == choices
     with pytest.raises(ValueError, match="lab9_x"):
         parse_engine_setting("lab9_x=learner")
@@ -112,6 +114,38 @@ def test_a_wrong_block_manager_is_named_with_the_first_differing_prompt_and_toke
     assert f"lab2_kv_cache         module    {BROKEN}" in out
 
 
+@pytest.mark.engine
+def test_a_wrong_tensor_parallel_mlp_is_caught_in_the_tp_setting(vllm_reference_file: Path) -> None:
+    """Lab 4's part: the MLPs split over 2 rank threads; an extra all-reduce (tests/exercises/broken_lab4.py)."""
+    proc = run_module("labs.your_engine", "--settings", "tensor-parallel-2", "--reference-file", str(vllm_reference_file),
+                      "--parts", f"lab4_tensor_parallel={BROKEN_TP}")
+    out = proc.stdout
+    assert proc.returncode == 1, out[-3000:] + proc.stderr[-3000:]
+    assert re.search(r"^tensor-parallel-2\s+\d+/320 equal", out, re.M) and "320/320" not in out, out
+    assert f"your parts in play: lab4_tensor_parallel={BROKEN_TP}" in out
+
+
+def test_thread_all_reduce_sums_in_rank_order_and_names_a_missing_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import torch
+
+    from labs.core.mini import tensor_parallel
+
+    reduce = tensor_parallel.ThreadAllReduce(2)
+    tensors = [torch.tensor([1.0, 2.0]), torch.tensor([10.0, 20.0])]
+    threads = [threading.Thread(target=reduce.for_rank(r), args=(tensors[r],)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert all(torch.equal(t, torch.tensor([11.0, 22.0])) for t in tensors)
+    monkeypatch.setattr(tensor_parallel, "ALL_REDUCE_TIMEOUT_S", 0.2)
+    lonely = tensor_parallel.ThreadAllReduce(2)
+    with pytest.raises(RuntimeError, match="rank 0 waited .* every rank must call all_reduce the same number"):
+        lonely.for_rank(0)(torch.zeros(2))
+
+
 def test_smoke_run_catches_a_wrong_block_manager() -> None:
     parts = your_engine.Parts({**dict.fromkeys(ENGINE_PARTS, "solution"), "lab2_kv_cache": BROKEN})
     line = your_engine.smoke(parts)
@@ -139,7 +173,7 @@ def test_classification() -> None:
 
 def _lab2_is_untouched() -> bool:
     files = ["labs/lab2_paged_attention/exercise_kv_cache.py", "labs/lab2_paged_attention/exercise_paged_attention.py",
-             "labs/lab3_continuous_batching/exercise.py"]
+             "labs/lab3_continuous_batching/exercise.py", "labs/lab4_tensor_parallel/exercise.py"]
     return subprocess.run(["git", "diff", "--quiet", "HEAD", "--", *files], cwd=REPO_ROOT).returncode == 0
 
 

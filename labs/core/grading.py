@@ -69,8 +69,9 @@ def reference(exercise: str) -> ModuleType:
 
 ENGINE_ENV = "LABS_ENGINE"
 
-# The exercises the mini engine is assembled from (labs/core/mini/engine.py and attention.py).
-ENGINE_PARTS: tuple[str, ...] = ("lab2_kv_cache", "lab2_paged_attention", "lab3_scheduler")
+# The exercises the mini engine is assembled from (labs/core/mini/engine.py, attention.py, and
+# tensor_parallel.py when the engine splits its MLPs over ranks).
+ENGINE_PARTS: tuple[str, ...] = ("lab2_kv_cache", "lab2_paged_attention", "lab3_scheduler", "lab4_tensor_parallel")
 
 
 def parse_engine_setting(setting: str | None) -> dict[str, str]:

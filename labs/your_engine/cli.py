@@ -4,17 +4,19 @@
     python -m labs.your_engine --parts lab2_kv_cache   # these parts yours, no grading (all / none too)
     python -m labs.your_engine --parts lab2_kv_cache=my.module   # a part from any module
 
-The mini engine (labs/core/mini) takes its KV cache manager (Lab 2), paged attention (Lab 2) and
-scheduler (Lab 3) from the grading switch ($LABS_ENGINE, labs.core.grading.engine_part). A part
+The mini engine (labs/core/mini) takes its KV cache manager (Lab 2), paged attention (Lab 2),
+scheduler (Lab 3) and, with its MLPs split over 2 ranks, the shard functions and sharded MLP of
+Lab 4 from the grading switch ($LABS_ENGINE, labs.core.grading.engine_part). A part
 is yours only if that exercise's graded tests (tests/exercises/...) pass with LABS_GRADE=learner:
 a half-done part would only make the comparison fail for a reason the graders already name.
 
 Every phrasebook prompt, chat-rendered as the labs do, is generated greedily (max_tokens=48) by
-the mini engine in three settings and by real vLLM (tiny-phrasebook), and the output tokens are
+the mini engine in four settings and by real vLLM (tiny-phrasebook), and the output tokens are
 compared one by one:
     default            plenty of KV blocks, prefix caching off: plain continuous batching
     scarce-kv-blocks   12 KV blocks for up to 8 requests: requests are preempted and recomputed
     prefix-caching     prefix caching on, every prompt sent twice: the second finds the first's blocks
+    tensor-parallel-2  every MLP split over 2 ranks (threads): Lab 4's shards, one all-reduce per MLP
 Each prints "320/320 equal" or the first prompt (index and text) and output position where the
 two part, with both tokens, and which of your parts were in play. vLLM's outputs are kept in
 runs/your_engine/ (keyed by vLLM's version, the model's files, the prompts and max_tokens), so
@@ -31,7 +33,8 @@ from labs.your_engine.compare import SETTINGS, compare, smoke
 from labs.your_engine.parts import Parts, grade_parts, parse_parts
 from labs.your_engine.reference import MAX_TOKENS, MODEL, load_reference, vllm_reference
 
-LAB_PARTS: dict[int, tuple[str, ...]] = {2: ("lab2_kv_cache", "lab2_paged_attention"), 3: ("lab3_scheduler",)}
+LAB_PARTS: dict[int, tuple[str, ...]] = {2: ("lab2_kv_cache", "lab2_paged_attention"), 3: ("lab3_scheduler",),
+                                         4: ("lab4_tensor_parallel",)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.after_lab is not None and args.after_lab not in LAB_PARTS:
         print(f"Lab {args.after_lab} has no part in the mini engine (its parts: Lab 2's KV cache manager and "
-              "paged attention, Lab 3's scheduler), so there is no engine comparison for it.")
+              "paged attention, Lab 3's scheduler, Lab 4's tensor-parallel MLP), so there is no engine comparison "
+              "for it.")
         return 0
     if args.parts is not None:
         parts = parse_parts(args.parts)

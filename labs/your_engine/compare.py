@@ -28,6 +28,8 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             {"num_kv_blocks": 12, "max_num_seqs": 8, "max_num_batched_tokens": 64}, must_preempt=True),
     Setting("prefix-caching", "prefix caching on, the prompts sent twice: the second wave hits the first's blocks",
             {"enable_prefix_caching": True}, passes=2, must_hit_prefix_cache=True),
+    Setting("tensor-parallel-2", "every MLP split over 2 ranks (threads) with Lab 4's shards and one all-reduce",
+            {"enable_prefix_caching": False, "tensor_parallel_size": 2}),
 )}
 
 

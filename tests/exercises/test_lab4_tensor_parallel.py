@@ -157,8 +157,9 @@ def test_params_per_rank_match_vllm_workers(impl: Any, model_path: Path) -> None
     """vLLM's own TP=2 workers (their repacked weights read back through their GEMMs)."""
     from labs.lab4_tensor_parallel.vllm_tp import run_tp_in_subprocess
 
-    report = run_tp_in_subprocess(2)
+    # Your answer first: an unanswered stub fails here, before a 20-second TP=2 engine start.
     predicted = impl.num_params_per_rank(ModelShape.from_model_dir(model_path), 2)
+    report = run_tp_in_subprocess(2)
     for rank, weights in enumerate(report["weights"]):
         assert predicted == weights["num_params"], (
             f"vLLM's rank {rank} holds {weights['num_params']:,} parameters; you predicted {predicted:,}")

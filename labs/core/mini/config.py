@@ -130,6 +130,9 @@ class Config:
             the workbook's models: half the memory, and fast on GPUs and on CPUs with AMX or
             AVX512-BF16); or name one ("float32" is slower but closest to an fp32 reference).
         device: "cuda" when a GPU is visible, else "cpu".
+        tensor_parallel_size: 1, or N to split every MLP over N ranks simulated as threads with
+            Lab 4's shard functions and one all-reduce each (`labs/core/mini/tensor_parallel.py`):
+            the same tokens as one rank, which is what Lab 4's "your engine" setting checks.
         num_cpu_threads: 1 torch thread on the CPU, as vLLM sets for serving: a small model's ops
             are too short to gain from OpenMP, whose spin-waiting workers steal the cores from
             the step's Python code (10x slower here when other processes share the cores).
@@ -147,6 +150,7 @@ class Config:
     enable_prefix_caching: bool = True
     dtype: str = "auto"
     device: str = field(default_factory=default_device)
+    tensor_parallel_size: int = 1
     num_cpu_threads: int | None = 1
     shape: ModelShape = field(init=False)
 

@@ -59,6 +59,10 @@ class ModelRunner:
         self.block_size = config.block_size
         self.model = Qwen2ForCausalLM.from_pretrained(config.model, config.shape, config.max_model_len,
                                                       config.torch_dtype, self.device)
+        if config.tensor_parallel_size > 1:
+            from labs.core.mini.tensor_parallel import shard_mlps
+
+            shard_mlps(self.model, config.tensor_parallel_size)
         self.kv_cache = self.allocate_kv_cache(config.get_num_kv_blocks())
 
     def allocate_kv_cache(self, num_blocks: int) -> torch.Tensor:
