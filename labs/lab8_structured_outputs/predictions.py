@@ -29,8 +29,7 @@ def check_first_step_allowed(predicted: int | None, run: ConstrainedRun, tokeniz
            f"{_shown(ids, tokenizer)}. A JSON object must open with '{{', and xgrammar allows no whitespace before "
            "it; a tokenizer with tokens such as '{\"' or '{\\n' would allow those too (the count is the tokenizer's, "
            "not the grammar's alone).")
-    return check_number("tokens the JSON schema allows at the first step", predicted, len(ids), why,
-                        unit=" tokens", quiet=quiet)
+    return check_number("token ids the JSON schema allows at the first step", predicted, len(ids), why, quiet=quiet)
 
 
 def check_valid_json(predicted: bool | None, run: ConstrainedRun, tokenizer: Any, quiet: bool = False) -> Verdict:

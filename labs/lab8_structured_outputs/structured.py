@@ -111,6 +111,21 @@ def allowed_ids(bitmask_row: np.ndarray, vocab_size: int) -> list[int]:
     return np.flatnonzero(bits[:vocab_size]).tolist()
 
 
+def nonzero_words(bitmask_row: np.ndarray, tokenizer: Any, vocab_size: int) -> pd.DataFrame:
+    """The words of a bitmask row that allow anything: word j, its bits in hex, and the tokens they stand for.
+
+    Why: reading a few words by hand shows the layout (token 32 * j + i is bit i of word j) that the
+    exercises pack and unpack; a row where most tokens are allowed has too many words to list.
+    """
+    rows = []
+    for j in np.flatnonzero(bitmask_row):
+        ids = [i for i in allowed_ids(bitmask_row[j:j + 1], 32) if 32 * j + i < vocab_size]
+        rows.append({"word": int(j), "hex": f"{int(bitmask_row[j]) & 0xFFFFFFFF:#010x}", "bits": ids,
+                     "token ids": [32 * int(j) + i for i in ids],
+                     "tokens": [tokenizer.decode([32 * int(j) + i]) for i in ids]})
+    return pd.DataFrame(rows)
+
+
 def chat_prompt(tokenizer: Any, ja: str = SOURCE_JA) -> str:
     """The phrasebook prompt (the chat template around the translation messages the model was trained on)."""
     from labs.core.models.phrasebook import translation_messages
@@ -155,7 +170,8 @@ def summary_table(runs: dict[str, ConstrainedRun]) -> pd.DataFrame:
     rows = [{"constraint": name, "text": repr(r.text), "finish_reason": r.finish_reason, "tokens": len(r.token_ids),
              "satisfies the constraint": r.valid,
              "allowed at step 0": r.allowed_counts[0] if len(r.bitmasks) else None} for name, r in runs.items()]
-    return pd.DataFrame(rows).set_index("constraint")
+    table = pd.DataFrame(rows).set_index("constraint")
+    return table.astype({"allowed at step 0": "Int64"})  # None for the unconstrained request, ints otherwise
 
 
 def step_table(run: ConstrainedRun, tokenizer: Any, show: int = 6) -> pd.DataFrame:
