@@ -30,6 +30,7 @@ EXERCISES: dict[str, tuple[str, str]] = {
     "lab4_tensor_parallel": ("labs.lab4_tensor_parallel", ""),
     "lab5_kv_quant": ("labs.lab5_kv_quantization", ""),
     "lab6_profiling": ("labs.lab6_profiling", ""),
+    "lab7_spec_decode": ("labs.lab7_speculative_decoding", ""),
     "lab8_structured": ("labs.lab8_structured_outputs", ""),
 }
 
