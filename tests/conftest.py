@@ -19,6 +19,8 @@ import pytest
 
 from tests.serve_support import START_TIMEOUT_S
 
+pytest_plugins = ("tests.workers",)  # `make test`'s parallel workers: core pinning and groups
+
 if TYPE_CHECKING:
     from labs.core.serve import OwnedServer
 

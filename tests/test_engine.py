@@ -119,6 +119,7 @@ def test_free_llm_releases_the_engine_so_a_second_one_starts() -> None:
     assert proc.returncode == 0 and "SECOND-ENGINE-OK" in proc.stdout, proc.stderr[-3000:]
 
 
+@pytest.mark.all_cores
 def test_a_tp2_thread_binding_does_not_leak_into_the_next_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     """make_llm exports the settings' variables; the next make_llm must start from the user's own."""
     from labs.core.engine import export_engine_env, plan_run, unexport_engine_env

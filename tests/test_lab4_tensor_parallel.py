@@ -32,6 +32,8 @@ from labs.lab4_tensor_parallel.layers import head_ids_for_rank, rows_of_heads
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `dap_client`, whatever pytest's import mode
 from dap_client import DAPClient, attach, consecutive_free_ports, kill_tree, tail  # noqa: E402
 
+pytestmark = pytest.mark.all_cores  # TP=2 on the CPU: a core per rank (tests/workers.py)
+
 REPO = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-4  # float32; TP changes only the order of a sum (measured: ~3e-5 at most)
 

@@ -19,6 +19,8 @@ from labs.core.predict import NO_PREDICTION
 from labs.lab4_tensor_parallel import checks, predictions
 from labs.lab4_tensor_parallel import solution as tp_ref
 
+pytestmark = pytest.mark.all_cores  # TP=2 on the CPU: a core per rank (tests/workers.py)
+
 
 @pytest.fixture(scope="module")
 def rank_outputs(model_path: Path, hf_model: Any) -> list[dict[str, Any]]:

@@ -29,6 +29,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `dap_client`, whatever pytest's import mode
 from dap_client import DAPClient, attach, consecutive_free_ports, kill_tree, tail  # noqa: E402
 
+pytestmark = pytest.mark.all_cores  # TP=2 on the CPU: a core per rank (tests/workers.py)
+
 REPO = Path(__file__).resolve().parents[1]
 PORTS = range(18300, 18398)  # this module's ports: nothing else on the machine uses them
 STEP2 = "my_debug_scripts/step4_tensor_parallel.py"

@@ -3,6 +3,7 @@ committed clean; what a notebook claims is asserted, not only printed."""
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -24,13 +25,18 @@ RERUN_NOTEBOOKS = ["06_profiling.ipynb", "capstone_translation.ipynb"]
 # figure depends on the machine or model, never printed as a routine outcome.
 MISS_MARKERS = ("NOT met", "TARGET MISSED", "DIFFERENT", "✗")
 _executed: dict[str, ExecutedNotebook] = {}
+RUN_MARK_ENV = "WORKBOOK_TEST_NOTEBOOK_RUN"  # set in the kernel; whatever it starts inherits it
 
 
 def executed(name: str, out_dir: Path) -> ExecutedNotebook:
     """Execute each notebook once per test session; several tests read its outputs."""
     if name not in _executed:
-        _executed[name] = execute_notebook(NOTEBOOKS_DIR / name, out_dir=out_dir)
+        _executed[name] = execute_notebook(NOTEBOOKS_DIR / name, out_dir=out_dir, env={RUN_MARK_ENV: first_run_mark(name)})
     return _executed[name]
+
+
+def first_run_mark(name: str) -> str:
+    return f"{name}-first-{os.getpid()}"
 
 
 def misses(text: str) -> list[str]:
@@ -42,11 +48,22 @@ def verdicts(text: str) -> list[str]:
     return [re.sub(r"\d+(\.\d+)?", "#", line) for line in text.splitlines() if line.lstrip().startswith("✓")]
 
 
-def vllm_server_pids() -> set[int]:
-    """Pids of vLLM API servers of this user (whoever started them)."""
+def vllm_server_pids(run_mark: str) -> set[int]:
+    """Pids of vLLM API servers started from the notebook run marked `run_mark` (whoever launched them).
+
+    Why the mark and not every server of this user: tests on other pytest workers start servers of
+    their own meanwhile. A server a notebook starts gets the kernel's environment (`child_env`),
+    through tmux too, so the mark is in /proc/<pid>/environ.
+    """
     pids = set()
     for proc in psutil.process_iter(["pid", "cmdline"]):
-        if "vllm.entrypoints.openai.api_server" in " ".join(proc.info["cmdline"] or []):
+        if "vllm.entrypoints.openai.api_server" not in " ".join(proc.info["cmdline"] or []):
+            continue
+        try:
+            environ = proc.environ()
+        except (psutil.AccessDenied, psutil.NoSuchProcess):
+            continue
+        if environ.get(RUN_MARK_ENV) == run_mark:
             pids.add(proc.info["pid"])
     return pids
 
@@ -74,12 +91,13 @@ def test_notebook_executes(path: Path, tmp_path_factory: pytest.TempPathFactory)
 def test_notebook_runs_again_in_the_same_working_copy(name: str, tmp_path_factory: pytest.TempPathFactory) -> None:
     """The second run meets the first's leftovers: it must pass, claim the same, and leave no server."""
     first = executed(name, tmp_path_factory.mktemp("runs"))
-    servers_before = vllm_server_pids()
-    second = execute_notebook(NOTEBOOKS_DIR / name, out_dir=tmp_path_factory.mktemp("rerun"))
+    run_mark = f"{name}-rerun-{os.getpid()}"
+    second = execute_notebook(NOTEBOOKS_DIR / name, out_dir=tmp_path_factory.mktemp("rerun"),
+                              env={RUN_MARK_ENV: run_mark})
     text = second.text_outputs()
     assert not misses(text), f"the second run of {name} printed: {misses(text)}"
     assert verdicts(text) == verdicts(first.text_outputs())
-    leaked = vllm_server_pids() - servers_before
+    leaked = vllm_server_pids(run_mark) | vllm_server_pids(first_run_mark(name))
     assert not leaked, f"{name} left vLLM servers running: pids {sorted(leaked)}"
 
 

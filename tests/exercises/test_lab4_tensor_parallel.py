@@ -25,6 +25,8 @@ from labs.core.grading import implementation_module_name, load_implementation
 from labs.core.mini.config import ModelShape
 from labs.lab4_tensor_parallel.layers import build_rank_model, head_ids_for_rank
 
+pytestmark = pytest.mark.all_cores  # TP=2 on the CPU: a core per rank (tests/workers.py)
+
 BROKEN = "tests.exercises.broken_lab4"
 WORLD_SIZES = (1, 2, 4)
 
