@@ -90,9 +90,18 @@ class WorkloadRun:
     workload: str
     mode: str
     seconds: float
+    prompt_token_ids: list[list[int]]
     output_token_ids: list[list[int]]
     steps: list[SpecStep]
     counters: dict[str, Any]  # vLLM's spec-decode counters during the run (differences)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (JSON), e.g. to carry a run out of the process that ran the engine."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WorkloadRun:
+        return cls(**{**data, "steps": [SpecStep(**step) for step in data["steps"]]})
 
     @property
     def num_output_tokens(self) -> int:
@@ -124,7 +133,8 @@ def run_workload(llm: Any, workload: str, prompts: list[str], params: Any, mode:
         after = spec_decode_counters(llm)
     counters = {k: (after[k] - before.get(k, 0.0)) if isinstance(after[k], float)
                 else [a - b for a, b in zip(after[k], before.get(k) or [0.0] * len(after[k]))] for k in after}
-    return WorkloadRun(workload, mode, seconds, [list(o.outputs[0].token_ids) for o in outputs], steps, counters)
+    return WorkloadRun(workload, mode, seconds, [list(o.prompt_token_ids) for o in outputs],
+                       [list(o.outputs[0].token_ids) for o in outputs], steps, counters)
 
 
 def compare_modes(llm: Any, workloads: dict[str, list[str]], params: Any, modes: Sequence[str] = MODES,
@@ -145,6 +155,11 @@ def compare_modes(llm: Any, workloads: dict[str, list[str]], params: Any, modes:
                 run = run_workload(llm, name, prompts, params, mode)
                 if (name, mode) not in runs or run.seconds < runs[(name, mode)].seconds:
                     runs[(name, mode)] = run
+    return comparison_table(runs), runs
+
+
+def comparison_table(runs: dict[tuple[str, str], WorkloadRun]) -> pd.DataFrame:
+    """One row per (workload, mode): steps, drafts, acceptance, steps saved and time, against plain."""
     rows = []
     for (name, mode), run in runs.items():
         plain = runs.get((name, "plain"), run)
@@ -157,7 +172,7 @@ def compare_modes(llm: Any, workloads: dict[str, list[str]], params: Any, modes:
                      "steps_saved": len(plain.steps) - len(run.steps), "ms": 1e3 * run.seconds,
                      "time_vs_plain": run.seconds / plain.seconds,
                      "same_tokens_as_plain": run.output_token_ids == plain.output_token_ids})
-    return pd.DataFrame(rows), runs
+    return pd.DataFrame(rows)
 
 
 def steps_table(run: WorkloadRun, tokenizer: Any, request_index: int = 0) -> pd.DataFrame:
