@@ -23,6 +23,7 @@ import pytest
 
 from labs.core.serve import OwnedServer, find_free_port
 from labs.core.errors import WorkbookError
+from labs.capstone_translation.epub import read_epub_paragraphs
 from labs.capstone_translation.endpoint import ModelNotServedError, ServerUnavailableError, connect
 from labs.capstone_translation.pipeline import TranslateConfig
 from labs.capstone_translation.request import ChunkFailedError, RetryPolicy, translate_chunk
@@ -64,6 +65,7 @@ def test_multi_chunk_document_translates_exactly(server_url: str, tmp_path: Path
     assert doc.paths.translation.read_text(encoding="utf-8") == "\n\n".join(zh) + "\n"
     bilingual = doc.paths.bilingual.read_text(encoding="utf-8")
     assert all(f"| {i} | {a} | {b} |" in bilingual for i, (a, b) in enumerate(zip(ja, zh), start=1))
+    assert read_epub_paragraphs(doc.paths.epub) == zh, "the e-book holds the same paragraphs"
     log = doc.paths.log.read_text(encoding="utf-8")
     assert log.count("--- shared prompt") == 1 and log.count("--- chunk ") == doc.num_chunks
     assert "max_model_len: 2048 (from /v1/models)" in log

@@ -309,6 +309,29 @@ def test_the_journal_is_read_once_per_document_per_run(tmp_path: Path, monkeypat
     assert job.documents[0].status == "already done" and parses == 1
 
 
+def test_the_ebook_holds_every_paragraph_and_flags_the_untranslated(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`<name>_zh.epub`, read back with ebooklib: the translation's paragraphs in order, a kept
+    Japanese paragraph flagged as in the bilingual file; a folder finished before e-books existed
+    gets its e-book from the journal on the next run, without a request."""
+    from labs.capstone_translation.epub import read_epub_paragraphs
+    from labs.capstone_translation.outputs import UNTRANSLATED_FLAG
+
+    job, _ = fake_job(tmp_path, monkeypatch, reject={"二です。"}, allow_partial=True)
+    doc = job.documents[0]
+    paragraphs = read_epub_paragraphs(doc.paths.epub)
+    assert paragraphs[0] == "译一です。" and paragraphs[2] == "译三です。"
+    assert paragraphs[1].startswith(UNTRANSLATED_FLAG) and paragraphs[1].endswith("\n二です。")
+    job, _ = fake_job(tmp_path, monkeypatch, reject=set())
+    doc = job.documents[0]
+    assert read_epub_paragraphs(doc.paths.epub) == ["译一です。", "译二です。", "译三です。"]
+    doc.paths.epub.unlink()  # as in a folder translated by an earlier version of the workbook
+    job, _ = fake_job(tmp_path, monkeypatch, reject={"一です。", "二です。", "三です。"})  # any request would fail
+    doc = job.documents[0]
+    assert doc.status == "translated" and doc.num_chunks_resumed == 3
+    assert read_epub_paragraphs(doc.paths.epub) == ["译一です。", "译二です。", "译三です。"]
+
+
 def test_a_failed_rerun_moves_an_earlier_partial_output_aside(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--allow-partial writes a partial document; a rerun without it that still fails must not leave
     that `_zh.txt` in place (it looks finished) while saying "no output": it is moved aside, not deleted."""
@@ -320,7 +343,8 @@ def test_a_failed_rerun_moves_an_earlier_partial_output_aside(tmp_path: Path, mo
     job, _ = fake_job(tmp_path, monkeypatch, reject={"二です。"})
     doc = job.documents[0]
     assert doc.status == "failed" and not doc.paths.translation.exists() and not doc.paths.bilingual.exists()
-    assert [p.name.split(".partial-")[0] for p in doc.moved_aside] == ["doc_zh", "doc_bilingual"]
+    assert [p.name.split(".partial-")[0] for p in doc.moved_aside] == ["doc_zh", "doc_bilingual", "doc_zh"]
+    assert [p.suffix for p in doc.moved_aside] == [".txt", ".md", ".epub"] and not doc.paths.epub.exists()
     assert doc.moved_aside[0].read_text(encoding="utf-8") == partial_text
     assert "no output" in job.advice() and str(doc.moved_aside[0]) in job.advice()
     assert "moved aside" in doc.paths.log.read_text(encoding="utf-8")

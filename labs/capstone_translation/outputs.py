@@ -1,9 +1,10 @@
 """What a finished document leaves behind: the translation, a bilingual view, and its log.
 
 - `<name>_zh.txt`: the translation only (paragraphs separated by blank lines), for downstream use;
+- `<name>_zh.epub`: the translation as an e-book (`epub.py`), for reading;
 - `<name>_bilingual.md`: source and translation side by side, paragraph by paragraph, for review;
   in a partial document (`--allow-partial`) the paragraphs without an acceptable translation
-  keep their Japanese in both files and are flagged here (and in the log), never passed silently;
+  keep their Japanese in every file and are flagged here, in the e-book and in the log, never passed silently;
 - `logs/<name>.log`: the shared prompt once, then every chunk's source, translation, tokens,
   latency and retries, appended run after run (a resumed job shows both runs).
 """
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from labs.capstone_translation.epub import write_epub
 from labs.capstone_translation.journal import ChunkRecord, atomic_write_text
 
 if TYPE_CHECKING:
@@ -28,11 +30,16 @@ class OutputPaths:
     bilingual: Path
     log: Path
     journal: Path
+    epub: Path
 
     @classmethod
     def for_document(cls, out_dir: Path, name: str) -> OutputPaths:
         return cls(out_dir / f"{name}_zh.txt", out_dir / f"{name}_bilingual.md",
-                   out_dir / "logs" / f"{name}.log", out_dir / ".journal" / f"{name}.jsonl")
+                   out_dir / "logs" / f"{name}.log", out_dir / ".journal" / f"{name}.jsonl", out_dir / f"{name}_zh.epub")
+
+    def documents(self) -> tuple[Path, ...]:
+        """The files a finished document is read from (not its log or journal)."""
+        return (self.translation, self.bilingual, self.epub)
 
 
 def _cell(text: str) -> str:
@@ -91,7 +98,7 @@ def bilingual_markdown(title: str, sources: list[str], translations: list[str],
 
 def write_outputs(paths: OutputPaths, title: str, sources: list[str], translations: list[str],
                   unresolved: dict[int, str] | None = None) -> None:
-    """Write both outputs atomically (a killed run never leaves half a file behind).
+    """Write the three outputs atomically (a killed run never leaves half a file behind).
 
     Args:
         paths: where.
@@ -102,6 +109,7 @@ def write_outputs(paths: OutputPaths, title: str, sources: list[str], translatio
     """
     atomic_write_text(paths.translation, "\n\n".join(translations) + "\n")
     atomic_write_text(paths.bilingual, bilingual_markdown(title, sources, translations, unresolved))
+    write_epub(paths.epub, title, translations, unresolved, UNTRANSLATED_FLAG)
 
 
 def move_aside_partial(paths: OutputPaths) -> list[Path]:
@@ -120,7 +128,7 @@ def move_aside_partial(paths: OutputPaths) -> list[Path]:
         return []
     stamp = time.strftime("%Y%m%d-%H%M%S")
     moved = []
-    for path in (paths.translation, paths.bilingual):
+    for path in paths.documents():
         if path.exists():
             target = path.with_name(f"{path.stem}.partial-{stamp}{path.suffix}")
             path.rename(target)

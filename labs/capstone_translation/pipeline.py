@@ -241,7 +241,10 @@ async def translate_plans(plans: list[DocumentPlan], results: list[DocumentResul
 
 
 def is_finished(plan: DocumentPlan, paths: OutputPaths, state: JournalState | None = None) -> bool:
-    """Every chunk journaled under this plan and both outputs written: nothing to do.
+    """Every chunk journaled under this plan and every output written: nothing to do.
+
+    A folder translated before an output existed (the e-book) is finished again from its journal,
+    without a request.
 
     Args:
         plan: the document's plan.
@@ -249,6 +252,6 @@ def is_finished(plan: DocumentPlan, paths: OutputPaths, state: JournalState | No
         state: its journal, already read (None: read it here).
     """
     records = (state or plan.journal(paths.journal).read()).records
-    return len(records) == len(plan.chunks) and paths.translation.exists() and paths.bilingual.exists()
+    return len(records) == len(plan.chunks) and all(p.exists() for p in paths.documents())
 
 
