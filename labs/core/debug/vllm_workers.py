@@ -44,7 +44,15 @@ def worker_rank(process_name: str | None = None) -> int | None:
 
 
 def register() -> None:
-    """vLLM calls this in every process that loads plugins; only a worker, when asked, listens."""
+    """vLLM calls this in every process that loads plugins; only a worker, when asked, listens.
+
+    It also arms Lab 10's injected hang when `WORKBOOK_FAULT_PAUSE_FILE` is set (only then is
+    anything imported): `labs.core.vllm_internals.failures.install_worker_pause`.
+    """
+    if os.environ.get("WORKBOOK_FAULT_PAUSE_FILE"):
+        from labs.core.vllm_internals.failures import install_worker_pause
+
+        install_worker_pause(multiprocessing.current_process().name)
     if not debugging_workers():
         return
     rank = worker_rank()
