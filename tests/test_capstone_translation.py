@@ -300,3 +300,35 @@ def test_allow_partial_writes_the_document_with_the_rejected_paragraph_flagged(s
     output, _ = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, output
     assert (out / "blocking_zh.txt").read_text(encoding="utf-8") == "\n\n".join(zh) + "\n", "replaced once complete"
+
+
+def test_term_memory_pins_what_finished_chunks_agree_on_and_reports_consistency(server_url: str, tmp_path: Path) -> None:
+    """--term-memory with no glossary at all: terms learned from the first waves reach the later
+    waves' prompts (seen on the wire), the translation stays exact, and the log reports consistency.
+    (Resuming with memory: test_capstone_translation_parts.py.)"""
+    [path] = write_samples(tmp_path / "in", ["inference_notes"])
+    ja, zh = sample_paragraphs("inference_notes")
+    no_glossary = tmp_path / "empty.tsv"
+    no_glossary.write_text("ja\tzh\n", encoding="utf-8")
+    config = config_for(tmp_path / "out", term_memory=True, concurrency=4, max_chunk_paragraphs=1)
+    with recording_proxy(server_url) as (url, bodies):
+        job = run_job([path], config, base_url=url, glossary_file=no_glossary)
+    [doc] = job.documents
+    assert doc.status == "translated", doc.error
+    assert doc.paths.translation.read_text(encoding="utf-8") == "\n\n".join(zh) + "\n"
+    systems = {b["messages"][-1]["content"].split("[1] ")[-1]: b["messages"][0]["content"] for b in bodies}
+    assert all("Glossary" not in systems[p] for p in ja[:4]), "the first wave has nothing to learn from"
+    from labs.capstone_translation.memory import learn_terms  # what each wave should have learned, from the data
+
+    for wave_start in (4, 8, 12):
+        expected = learn_terms(list(zip(ja[:wave_start], zh[:wave_start])), set())
+        for p in ja[wave_start:wave_start + 4]:
+            pinned = [f"{a} = {b}" for a, b in expected.items()]
+            assert all(line in systems[p] for line in pinned), (p, pinned, systems[p])
+    assert expected, "the sample must teach the memory something by its last wave"
+    log = doc.paths.log.read_text(encoding="utf-8")
+    assert "=== memory: chunks 5-8 get" in log or "=== memory: chunks 9-12 get" in log
+    report = log.split("=== consistency:")[1]
+    for term, rendering in learn_terms(list(zip(ja, zh)), set()).items():
+        holding = sum(term in p for p in ja)
+        assert f"learned  {term} = {rendering}: {holding}/{holding} chunks; consistent" in report, report

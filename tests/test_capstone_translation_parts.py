@@ -372,3 +372,75 @@ def test_changing_retries_resumes_and_journals_of_the_old_plan_id_are_resumed(tm
     journal.start(reset=not state.current, migrate=state.legacy)
     assert json.loads(path.read_text(encoding="utf-8").split("\n")[0]) == {"plan_id": "new-id"}
     assert Journal(path, "new-id").read().attempts_used == {1: 3} and sorted(Journal(path, "new-id").load()) == [0]
+
+
+# --- term memory ----------------------------------------------------------------------------------
+
+def test_candidates_and_learned_terms() -> None:
+    from labs.capstone_translation.memory import candidate_terms, consistency, learn_terms
+    from labs.capstone_translation.samples import sample_paragraphs
+
+    assert candidate_terms("田中さんは「推論」のサーバーとメモリ・キャッシュを見た。") == \
+        ["サーバー", "メモリ・キャッシュ", "田中", "推論"]
+    ja, zh = sample_paragraphs("inference_notes")
+    assert learn_terms(list(zip(ja, zh)), {"推論エンジン", "サーバー"}) == \
+        {"メモリ": "内存", "キャッシュ": "缓存", "モデル": "模型", "リクエスト": "请求"}
+    assert learn_terms(list(zip(ja[:3], zh[:3])), set()) == {}, "each term seen once: nothing agreed on yet"
+    # a rendering that also shows up where the term is absent is no rendering of it
+    assert learn_terms([("サーバーです", "服务器"), ("サーバーだ", "服务器"), ("別", "服务器")], set()) == {}
+    rows = consistency({0: ("サーバーa", "服务器a"), 1: ("サーバーb", "主机b"), 2: ("c", "c")}, {"サーバー": "服务器"}, {})
+    assert [(r.term, r.chunk_numbers, r.inconsistent) for r in rows] == [("サーバー", (1, 2), (2,))]
+
+
+def test_term_memory_waves_are_fixed_by_the_plan_so_a_resumed_run_sends_the_same_prompts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunk k learns from the waves before its own: a run that failed at chunk 7 and resumed sends
+    chunk 7 the glossary an uninterrupted run sends it."""
+    from labs.capstone_translation import pipeline, run
+    from labs.capstone_translation.endpoint import Endpoint, TokenCounter
+    from labs.capstone_translation.remedy import ChunkOutcome
+    from labs.capstone_translation.request import Attempt, NoAcceptableAnswerError
+    from labs.capstone_translation.results import DocumentResult
+    from labs.capstone_translation.samples import sample_paragraphs
+
+    ja, zh = sample_paragraphs("inference_notes")
+    answer = dict(zip(ja, zh))
+    seen: dict[str, tuple] = {}
+    reject: set[str] = set()
+
+    async def fake_translate(client, model, request, temperature, retry, first_attempt):  # noqa: ANN001, ANN202
+        sources = [s.text for s in request.segments]
+        attempt = Attempt(text="x", number=first_attempt)
+        if set(sources) & reject:
+            raise NoAcceptableAnswerError("rejected", [attempt])
+        seen[sources[0]] = request.template.glossary
+        return ChunkOutcome([answer[s] for s in sources], [attempt], [attempt], False)
+
+    monkeypatch.setattr(pipeline, "translate_planned_chunk", fake_translate)
+    counter = TokenCounter(len, lambda messages: sum(len(m["content"]) for m in messages), "len")
+    monkeypatch.setattr(run, "connect", lambda *a, **k: Endpoint("http://127.0.0.1:9", "fake", 4096, None, None))
+    monkeypatch.setattr(run, "token_counter", lambda endpoint: counter)
+    doc = tmp_path / "doc.txt"
+    doc.write_text("\n\n".join(ja) + "\n", encoding="utf-8")
+    no_glossary = tmp_path / "empty.tsv"
+    no_glossary.write_text("ja\tzh\n", encoding="utf-8")
+
+    def job(out: str) -> DocumentResult:
+        config = pipeline.TranslateConfig(out_dir=tmp_path / out, progress=False, max_chunk_paragraphs=1,
+                                          concurrency=3, term_memory=True)
+        return run.run_job([doc], config, glossary_file=no_glossary).documents[0]
+
+    assert job("clean").status == "translated"
+    clean = dict(seen)
+    assert clean[ja[0]] == () and dict(clean[ja[12]]) == {"サーバー": "服务器", "エンジン": "推理引擎",
+                                                          "キャッシュ": "缓存", "モデル": "模型"}
+    seen.clear()
+    reject.add(ja[6])
+    assert job("resumed").status == "failed"
+    reject.clear()
+    seen.clear()
+    resumed = job("resumed")
+    assert resumed.status == "translated" and resumed.num_chunks_resumed == len(ja) - 1
+    assert seen == {ja[6]: clean[ja[6]]}, "the resumed chunk gets the prompt of the uninterrupted run"
+    log = resumed.paths.log.read_text(encoding="utf-8")
+    assert "learned  サーバー = 服务器: 3/3 chunks; consistent" in log

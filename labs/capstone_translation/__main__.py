@@ -50,6 +50,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--allow-partial", action="store_true",
                    help="write documents whose chunks got no acceptable translation, with those paragraphs kept in "
                         "Japanese and flagged in the bilingual file and the log (exit status 3)")
+    p.add_argument("--term-memory", action="store_true",
+                   help="names and terms that finished chunks agree on join later chunks' glossary; chunks run in "
+                        "waves of --concurrency (see labs/capstone_translation/memory.py); the log's consistency "
+                        "report then covers them too")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
@@ -64,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                              max_chunk_paragraphs=auto_or(args.chunk_paragraphs), overlap=args.overlap,
                              concurrency=args.concurrency, max_files_in_flight=args.files_in_flight,
                              retry=RetryPolicy(max_content_retries=args.retries, timeout_s=args.timeout),
-                             progress=not args.no_progress, allow_partial=args.allow_partial)
+                             progress=not args.no_progress, allow_partial=args.allow_partial,
+                             term_memory=args.term_memory)
     job = run_job(args.inputs, config, base_url=args.base_url, model=args.model, preface_file=args.preface_file,
                   glossary_file=args.glossary, examples_file=args.examples, encoding=args.encoding,
                   max_model_len=args.max_model_len)

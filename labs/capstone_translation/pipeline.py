@@ -23,6 +23,7 @@ from labs.core.paths import RUNS_DIR
 from labs.capstone_translation.chunking import Chunk, make_segments, plan_chunks, source_budget
 from labs.capstone_translation.endpoint import Endpoint, TokenCounter
 from labs.capstone_translation.journal import ChunkRecord, Journal, JournalState
+from labs.capstone_translation.memory import report, template_for_wave, wave_of
 from labs.capstone_translation.outputs import DocumentLog, OutputPaths, assemble, write_outputs
 from labs.capstone_translation.plan import DocumentPlan
 from labs.capstone_translation.partial import settle_unfinished
@@ -60,6 +61,10 @@ class TranslateConfig:
         allow_partial: when chunks still have no acceptable answer at the end of the run, write
             the document anyway with their source kept and flagged (status "partial"). Off by
             default so that a `_zh.txt` is a full translation unless the user asked otherwise.
+        term_memory: names and terms learned from finished chunks join later chunks' glossary
+            (labs.capstone_translation.memory); a document's chunks then run in waves of
+            `concurrency`. Off by default: each wave waits for the one before, and the prompt's
+            shared prefix grows per wave (less from the prefix cache).
     """
 
     out_dir: Path = DEFAULT_OUT_DIR
@@ -73,6 +78,7 @@ class TranslateConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     progress: bool = True
     allow_partial: bool = False
+    term_memory: bool = False
 
 
 DEFAULT_CHUNK_TOKENS = 1024
@@ -142,12 +148,16 @@ class Job:
         self.tqdm = tqdm
 
     async def chunk(self, plan: DocumentPlan, chunk: Chunk, journal: Journal, state: JournalState,
-                    log: DocumentLog, result: DocumentResult, bar: Any) -> None:
+                    log: DocumentLog, result: DocumentResult, bar: Any, template: PromptTemplate | None = None) -> None:
         first_attempt = state.attempts_used.get(chunk.index, 0)
         segments = plan.segments[chunk.start:chunk.end]
         sources = [s.text for s in segments]
         context = [s.text for s in plan.segments[chunk.context_start:chunk.start]]
-        request = ChunkRequest(plan.template, context, segments, plan.num_prompt_tokens[chunk.index],
+        num_prompt_tokens = plan.num_prompt_tokens[chunk.index]
+        if template is not None and template != plan.template:  # learned terms: count off the event loop
+            num_prompt_tokens = await asyncio.to_thread(self.counter.count_messages,
+                                                        template.chunk_messages(sources, context))
+        request = ChunkRequest(template or plan.template, context, segments, num_prompt_tokens,
                                self.endpoint.max_model_len, self.config.overlap)
         async with self.requests:
             try:
@@ -201,16 +211,44 @@ class Job:
             todo = [c for c in plan.chunks if c.index not in records]
             bar = self.tqdm(total=len(plan.chunks), initial=len(records), desc=plan.doc.name[:24], unit="chunk",
                             leave=False, disable=not self.config.progress)
-            outcomes = await asyncio.gather(*(self.chunk(plan, c, journal, state, log, result, bar) for c in todo),
-                                            return_exceptions=True)  # one failure must not cancel the others
+            outcomes = await self.chunks_of(plan, todo, journal, state, log, result, bar)
             bar.close()
             failed = {c.index: o for c, o in zip(todo, outcomes) if isinstance(o, BaseException)}
             if failed:
-                return settle_unfinished(plan, result, log, failed, self.config.allow_partial, records)
+                settled = settle_unfinished(plan, result, log, failed, self.config.allow_partial, records)
+                log.write(report(plan, records, self.config.term_memory))
+                return settled
             write_outputs(paths, plan.doc.path.name, list(plan.doc.paragraphs), assemble(plan, records))
+            log.write(report(plan, records, self.config.term_memory))
             log.write(f"=== done: {paths.translation} ===")
             result.status = "translated"
             return result
+
+
+    async def chunks_of(self, plan: DocumentPlan, todo: list[Chunk], journal: Journal, state: JournalState,
+                        log: DocumentLog, result: DocumentResult, bar: Any) -> list[Any]:
+        """Translate `todo`: all at once, or with term memory in waves that learn from the waves before.
+
+        Returns:
+            One outcome per chunk of `todo`, in order: None, or the exception it failed with (one
+            failure must not cancel the others).
+        """
+        if not self.config.term_memory:
+            return await asyncio.gather(*(self.chunk(plan, c, journal, state, log, result, bar) for c in todo),
+                                        return_exceptions=True)
+        outcomes: dict[int, Any] = {}
+        taught: dict[str, str] = {}
+        for wave in sorted({wave_of(c.index, self.config.concurrency) for c in todo}):
+            chunks = [c for c in todo if wave_of(c.index, self.config.concurrency) == wave]
+            template, learned = template_for_wave(plan, state.records, wave, self.config.concurrency)
+            if learned != taught:
+                log.write(f"=== memory: chunks {chunks[0].index + 1}-{chunks[-1].index + 1} get {len(learned)} learned "
+                          "term(s) in their glossary: " + ", ".join(f"{ja} = {zh}" for ja, zh in learned.items()))
+                taught = learned
+            done = await asyncio.gather(*(self.chunk(plan, c, journal, state, log, result, bar, template)
+                                          for c in chunks), return_exceptions=True)
+            outcomes.update({c.index: o for c, o in zip(chunks, done)})
+        return [outcomes[c.index] for c in todo]
 
 
 def run_lines(plan: DocumentPlan, endpoint: Endpoint, counter: TokenCounter, num_resumed: int,
