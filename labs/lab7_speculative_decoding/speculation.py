@@ -113,18 +113,20 @@ class WorkloadRun:
                 for step in self.steps for req_id, drafts in step.draft_token_ids.items() if drafts]
 
 
-def run_workload(llm: Any, workload: str, prompts: list[str], params: Any, mode: str) -> WorkloadRun:
+def run_workload(llm: Any, workload: str, prompts: list[str], params: Any, mode: str,
+                 warm_up: bool = True) -> WorkloadRun:
     """Generate `prompts` in `mode` ("plain", "ngram" or "always wrong"), recording every step.
 
-    A first, unrecorded pass warms the engine (the first steps of a batch shape allocate and
-    compile), so the recorded pass measures decoding.
+    With `warm_up`, a first, unrecorded pass warms the engine (the first steps of a new batch
+    shape allocate and compile), so the recorded pass measures decoding.
     """
     if mode not in MODES:
         raise ValueError(f"mode {mode!r}: one of {MODES}")
     drafter = {"plain": drafter_off(llm), "ngram": nullcontext(),
                "always wrong": drafter_replaced(llm, always_wrong_drafts)}[mode]
     with drafter:
-        llm.generate(prompts, params, use_tqdm=False)
+        if warm_up:
+            llm.generate(prompts, params, use_tqdm=False)
         before = spec_decode_counters(llm)
         with record_spec_steps(llm) as steps:
             start = time.perf_counter()
@@ -138,7 +140,7 @@ def run_workload(llm: Any, workload: str, prompts: list[str], params: Any, mode:
 
 
 def compare_modes(llm: Any, workloads: dict[str, list[str]], params: Any, modes: Sequence[str] = MODES,
-                  repeats: int = 3) -> tuple[pd.DataFrame, dict[tuple[str, str], WorkloadRun]]:
+                  repeats: int = 2) -> tuple[pd.DataFrame, dict[tuple[str, str], WorkloadRun]]:
     """Every workload in every mode, side by side, with ratios against plain decoding.
 
     Each (workload, mode) runs `repeats` times, the modes interleaved, and the fastest run is kept:
@@ -149,10 +151,10 @@ def compare_modes(llm: Any, workloads: dict[str, list[str]], params: Any, modes:
         A table (one row per workload and mode) and the runs, keyed (workload, mode).
     """
     runs: dict[tuple[str, str], WorkloadRun] = {}
-    for _ in range(repeats):
+    for repeat in range(repeats):
         for name, prompts in workloads.items():
             for mode in modes:
-                run = run_workload(llm, name, prompts, params, mode)
+                run = run_workload(llm, name, prompts, params, mode, warm_up=repeat == 0)
                 if (name, mode) not in runs or run.seconds < runs[(name, mode)].seconds:
                     runs[(name, mode)] = run
     return comparison_table(runs), runs
@@ -210,3 +212,41 @@ def step_cost(runs: dict[tuple[str, str], WorkloadRun]) -> pd.DataFrame:
     if not table.empty and 1 in by_tokens:
         table["vs_one_token"] = table["median_step_ms"] / statistics.median(by_tokens[1])
     return table
+
+
+def request_contexts(run: WorkloadRun, request_index: int = 0) -> list[tuple[int, list[int], list[int], list[int]]]:
+    """(step, the request's tokens before the step, the drafts it verified, the tokens it kept), step by step.
+
+    The tokens before a step are what the drafter saw when it proposed that step's drafts: the
+    prompt plus every token kept so far. Hand them to vLLM's own n-gram function to see it propose
+    exactly the recorded drafts.
+    """
+    req_id = list(dict.fromkeys(r for s in run.steps for r in s.num_scheduled_tokens))[request_index]
+    context, out = list(run.prompt_token_ids[request_index]), []
+    for i, step in enumerate(run.steps):
+        if req_id in step.num_scheduled_tokens:
+            kept = step.sampled_token_ids.get(req_id, [])
+            out.append((i, list(context), step.draft_token_ids.get(req_id, []), kept))
+            context += kept
+    return out
+
+
+def speed_summary(table: pd.DataFrame, cost: pd.DataFrame, num_speculative_tokens: int) -> list[str]:
+    """The comparison as ratios, one line per workload, and the break-even of this CPU."""
+    rows = table.set_index(["workload", "mode"])
+    lines = []
+    for workload in dict.fromkeys(table["workload"]):
+        ngram, plain = rows.loc[(workload, "ngram")], rows.loc[(workload, "plain")]
+        lines.append(f"{workload}: n-gram took {ngram.steps} steps instead of {plain.steps} "
+                     f"(x{ngram.steps / plain.steps:.2f}), {ngram.accepted} of {ngram.draft_tokens} draft tokens "
+                     f"accepted; time x{ngram.time_vs_plain:.2f} of plain decoding")
+        if (workload, "always wrong") in rows.index:
+            wrong = rows.loc[(workload, "always wrong")]
+            lines.append(f"{workload}: always-wrong drafts: the same {wrong.steps} steps, time x{wrong.time_vs_plain:.2f}")
+    by_tokens = cost.set_index("tokens_per_request")
+    if {1, num_speculative_tokens + 1} <= set(by_tokens.index):
+        ratio = by_tokens.loc[num_speculative_tokens + 1, "vs_one_token"]
+        lines.append(f"this CPU: a decode step verifying {num_speculative_tokens + 1} tokens per request costs "
+                     f"x{ratio:.2f} a one-token step, so speculation pays only while a verifying step keeps more "
+                     f"than ~{ratio:.1f} tokens (the mean acceptance length)")
+    return lines
