@@ -157,6 +157,7 @@ def start_fault_server(log_dir: Path = FAULTS_DIR / "server", *, pause_armed: bo
         overrides[PAUSE_FILE_ENV] = str(log_dir / "PAUSE")
     saved = {key: os.environ.get(key) for key in overrides}
     os.environ.update(overrides)  # the server's environment is ours plus its settings (config.child_env)
+    echo("Injected into the server's environment: " + " ".join(f"{k}={v}" for k, v in overrides.items()))
     try:
         started = start_background(config, timeout_s=600, echo=echo)
     finally:
@@ -212,7 +213,7 @@ def observe(server: FaultServer, label: str, interval_s: float = 3.0, dump: bool
 
 
 def log_tail(server: FaultServer, num_lines: int = 40, needles: tuple[str, ...] = (
-        "ERROR", "died", "EngineDeadError", "Shutting down", "Traceback", "TimeoutError", "shutdown")) -> list[str]:
+        "died unexpectedly", "EngineDeadError:", "TimeoutError", "Shutting down", "force killing")) -> list[str]:
     """The server log's lines that matter after a failure (the last `num_lines` matching ones)."""
     record_log = sorted(server.config.log_dir.glob("*.log"), key=lambda p: p.stat().st_mtime)
     if not record_log:

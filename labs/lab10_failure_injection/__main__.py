@@ -1,0 +1,102 @@
+"""One command per failure: `python -m labs.lab10_failure_injection kv-storm | hang | crash | record-states`.
+
+    kv-storm        an in-process engine with 12 KV blocks gets a burst of 8: the preemption storm,
+                    the recompute tax, and the knobs side by side (~30 s)
+    hang            a real server whose worker is paused (the workbook's vLLM plugin): the client's
+                    timeout, /metrics that stop moving, /health still 200, py-spy of every process,
+                    then the fix (restart without the injection) (~2 min on 2 cores)
+    crash           a real server whose worker is killed with SIGKILL mid-request: the client's
+                    HTTP 500, the log lines, `serve status`, then a restart (~2 min)
+    record-states   one server through running / overloaded / hung / crashed; writes
+                    labs/lab10_failure_injection/recorded_server_states.json (the notebook and the
+                    exercises' grader read it)
+
+Every server runs on a free port with its own log folder under runs/lab10/ and is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from labs.core.grading import load_implementation
+
+
+def kv_storm() -> int:
+    from labs.core.engine import free_llm
+    from labs.lab10_failure_injection import kv_storm as ks
+
+    llm = ks.make_storm_engine()
+    try:
+        run = ks.run_storm(llm)
+        table = ks.storm_table(run)
+        print(table[(table["preempted"] != "") | (table.index <= 3)].to_string())
+        print("\n".join(ks.explain_storm(run)))
+        print(ks.compare_knobs(run.trace).to_string())
+    finally:
+        free_llm(llm)
+    return 0
+
+
+def server_fault(kind: str) -> int:
+    from labs.lab10_failure_injection import scenarios, server_faults as sf
+
+    classify = load_implementation("lab10_failures").classify_server_state
+    server = sf.start_fault_server(sf.FAULTS_DIR / kind)
+    try:
+        print("healthy first:", sf.send_completion(server, 8, 60))
+        in_flight, results = sf.in_background(server, 1, 2000, 120)
+        time.sleep(1.0)
+        if kind == "hang":
+            server.pause_file.touch()
+            print(f"injected: {server.pause_file} exists, so the worker holds every step")
+            seen = sf.send_completion(server, 8, scenarios.CLIENT_TIMEOUT_S)
+            state = sf.observe(server, "hung", 3.0, dump=True)
+            state.notes.append(f"a new request, client side: {seen}")
+        else:
+            pid = sf.kill_worker(server)
+            print(f"killed the worker (pid {pid}) with SIGKILL while a request was generating")
+            sf.wait_for(lambda: not sf.alive(server.procs)["api_server"], 60)
+            for t in in_flight:
+                t.join(30)
+            state = sf.observe(server, "crashed", 1.0)
+            state.notes.append(f"the request in flight, client side: {results}")
+            state.notes += [f"log: {line}" for line in sf.log_tail(server, 12)]
+            state.notes.append("serve status: " + sf.status_line(server).replace("\n", " | "))
+        print("\n".join(scenarios.diagnose(state, classify(state.before, state.after, state.processes))))
+        print("fix: stop what is left and start again without the injection ...")
+        print("after the restart, a request:", scenarios.recover(server))
+    finally:
+        sf.stop_server(server)
+    return 0
+
+
+def record_states() -> int:
+    from labs.lab10_failure_injection import scenarios, server_faults as sf
+
+    server = sf.start_fault_server(sf.FAULTS_DIR / "record")
+    try:
+        states = scenarios.capture_states(server)
+    finally:
+        sf.stop_server(server)
+    classify = load_implementation("lab10_failures").classify_server_state
+    for state in states:
+        print("\n".join(scenarios.diagnose(state, classify(state.before, state.after, state.processes))))
+    print("written:", scenarios.save_states(states))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m labs.lab10_failure_injection", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("failure", choices=("kv-storm", "hang", "crash", "record-states"))
+    args = parser.parse_args(argv)
+    if args.failure == "kv-storm":
+        return kv_storm()
+    if args.failure == "record-states":
+        return record_states()
+    return server_fault(args.failure)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
