@@ -43,7 +43,8 @@ ENGINE_PART_TESTS: dict[str, str] = {
     "lab4_tensor_parallel": "tests/exercises/test_lab4_tensor_parallel.py",
 }
 LAB_TITLES = {1: "basic inference", 2: "paged attention", 3: "continuous batching", 4: "tensor parallel",
-              5: "KV quantization", 6: "profiling"}
+              5: "KV quantization", 6: "profiling", 7: "speculative decoding", 8: "structured outputs",
+              9: "multi-LoRA", 10: "failure injection"}
 # Tests that check the grader itself (it fails planted wrong answers; your file has the reference's
 # signatures): they pass on the untouched stubs, so they do not count as a start.
 SELF_CHECK = re.compile(r"test_grader_catches|test_learner_file_mirrors_the_reference")
@@ -233,7 +234,7 @@ def lab_test_files(lab: int) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m labs.progress", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--labs", default="1,2,3,4,5,6", help="comma-separated lab numbers (default: all)")
+    parser.add_argument("--labs", default=",".join(map(str, LAB_TITLES)), help="comma-separated lab numbers (default: all)")
     parser.add_argument("--grade", default="learner",
                         help="whose answers: learner (yours, default), solution, or a module path")
     parser.add_argument("--no-engine", action="store_true", help="skip the smoke run of your engine")

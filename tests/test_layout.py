@@ -173,3 +173,11 @@ def test_the_repository_root_is_computed_in_one_place() -> None:
     bad = [f"{p.relative_to(REPO)}:{n}" for p in LABS.rglob("*.py") if p != LABS / "core" / "paths.py"
            for n, line in enumerate(p.read_text().splitlines(), 1) if "__file__" in line and "parents[" in line]
     assert not bad, "use labs.core.paths (REPO_ROOT, RUNS_DIR, ...):\n" + "\n".join(bad)
+
+
+def test_make_progress_lists_every_lab() -> None:
+    """`make progress` shows each lab folder's exercises under its title (labs/progress.py LAB_TITLES)."""
+    from labs.progress import LAB_TITLES
+
+    numbers = {int(LAB_DIR.match(p.name).group(1)) for p in LAB_DIRS}
+    assert numbers <= set(LAB_TITLES), f"labs without a title in labs/progress.py: {sorted(numbers - set(LAB_TITLES))}"
