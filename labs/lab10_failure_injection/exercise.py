@@ -74,7 +74,7 @@ def classify_server_state(before: dict[str, float] | None, after: dict[str, floa
       - "crashed": a reading is None, or any process is not alive;
       - "hung": every process alive, requests in the engine (running + waiting > 0 in both
         readings), and no token moved (neither token counter grew). Note that `/health` says 200
-        here: it only asks whether the engine core process is alive;
+        here: it only asks whether the engine was marked dead (`AsyncLLM.check_health`);
       - "overloaded": tokens moved, and requests were queued (waiting > 0 in either reading) or the
         preemption counter grew;
       - "running": anything else (serving, or idle).
