@@ -20,7 +20,8 @@ import pytest
 from labs.core.predict import NO_PREDICTION
 from labs.lab7_speculative_decoding import predictions
 from labs.lab7_speculative_decoding.solution import propose_ngram
-from labs.lab7_speculative_decoding.speculation import NGRAM_CONFIG, WorkloadRun, comparison_table, step_cost
+from labs.lab7_speculative_decoding.speculation import (NGRAM_CONFIG, WorkloadRun, comparison_table, request_contexts,
+                                                        step_cost)
 from tests.conftest import REPO_ROOT
 
 K = NGRAM_CONFIG["num_speculative_tokens"]
@@ -33,7 +34,7 @@ def record_live_run(out_path: str) -> None:
 
     from labs.core.engine import free_llm
     from labs.core.vllm_internals import model_runner, scheduler
-    from labs.core.vllm_internals.spec_decode import spec_settings
+    from labs.core.vllm_internals.spec_decode import spec_settings, vllm_ngram_propose
     from labs.lab7_speculative_decoding import speculation as spec
 
     llm = spec.make_spec_llm("tiny-phrasebook", verbose=False)
@@ -43,7 +44,10 @@ def record_live_run(out_path: str) -> None:
               "restored": {"drafter": "propose" not in vars(model_runner(llm).drafter),
                            "scheduler": not {"schedule", "update_from_output"} & set(vars(scheduler(llm)))},
               "runs": [run.to_dict() for run in runs.values()],
-              "steps_table": spec.steps_table(runs[("repeating", "ngram")], llm.get_tokenizer()).to_dict("records")}
+              "steps_table": spec.steps_table(runs[("repeating", "ngram")], llm.get_tokenizer()).to_dict("records"),
+              # vLLM's n-gram function on each request's context before each step (numba: compiled here already)
+              "vllm_proposals": [[vllm_ngram_propose(context, 2, 4, K) for _, context, _, _ in
+                                  spec.request_contexts(runs[("repeating", "ngram")], i)] for i in range(3)]}
     Path(out_path).write_text(json.dumps(record), encoding="utf-8")
     free_llm(llm)
 
@@ -112,21 +116,17 @@ def test_recorded_drafts_and_acceptance_equal_vllms_counters(live: dict[str, Any
 
 
 def test_live_ngram_drafts_are_vllms_proposal_on_the_context(live: dict[str, Any]) -> None:
-    """Each draft the scheduler verified is what the n-gram rule proposes on the request's tokens so far."""
-    from labs.core.vllm_internals.spec_decode import vllm_ngram_propose
-
+    """Each draft the scheduler verified is what vLLM's n-gram function (and the rule) proposes on the
+    request's tokens so far; the first step of a request (its prefill) had no draft to verify."""
     run = live["runs"][("repeating", "ngram")]
-    req_ids = list(dict.fromkeys(r for s in run.steps for r in s.num_scheduled_tokens))
     checked = 0
-    for i, req_id in enumerate(req_ids):
-        context = list(run.prompt_token_ids[i])
-        for step in run.steps:
-            drafts = step.draft_token_ids.get(req_id)
-            if drafts is not None:
-                assert vllm_ngram_propose(context, 2, 4, K) == drafts == propose_ngram(context, 2, 4, K, 2048)
-                checked += 1
-            context += step.sampled_token_ids.get(req_id, [])
-    assert checked >= 3
+    for i, proposals in enumerate(live["vllm_proposals"]):
+        steps = request_contexts(run, i)
+        assert len(steps) == len(proposals) and steps[0][2] == []
+        for (_, context, drafts, _), proposal in zip(steps[1:], proposals[1:]):  # proposals[k]: on the tokens before step k
+            assert drafts == proposal == propose_ngram(context, 2, 4, K, 2048)
+            checked += 1
+    assert checked >= 6
 
 
 def test_the_repeating_text_saves_steps_and_the_other_does_not(live: dict[str, Any]) -> None:
