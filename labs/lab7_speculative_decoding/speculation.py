@@ -145,7 +145,8 @@ def compare_modes(llm: Any, workloads: dict[str, list[str]], params: Any, modes:
 
     Each (workload, mode) runs `repeats` times, the modes interleaved, and the fastest run is kept:
     greedy decoding takes the same steps every time, and on a shared machine other processes
-    only ever add time, so the fastest run is the closest to the engine's own cost.
+    only ever add time, so the fastest run is the closest to the engine's own cost. The first
+    round doubles as the warm-up (its runs pay for first-time allocations and are rarely kept).
 
     Returns:
         A table (one row per workload and mode) and the runs, keyed (workload, mode).
@@ -154,7 +155,7 @@ def compare_modes(llm: Any, workloads: dict[str, list[str]], params: Any, modes:
     for repeat in range(repeats):
         for name, prompts in workloads.items():
             for mode in modes:
-                run = run_workload(llm, name, prompts, params, mode, warm_up=repeat == 0)
+                run = run_workload(llm, name, prompts, params, mode, warm_up=repeats == 1)
                 if (name, mode) not in runs or run.seconds < runs[(name, mode)].seconds:
                     runs[(name, mode)] = run
     return comparison_table(runs), runs
