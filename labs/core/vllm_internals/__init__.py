@@ -18,6 +18,15 @@ pins in pyproject.toml), then port the modules, one concern each:
                   whether the platform runs vLLM's Ray executor, the node address vLLM announces
     server_args   vLLM's own OpenAI API server argument parser
     runtime       env cache, engine shutdown, distributed teardown, RequestOutputKind
+One module per later lab, imported from the module itself (`from labs.core.vllm_internals.spec_decode
+import record_spec_steps`), not re-exported here, so this package's names stay the engine's:
+    spec_decode        Lab 7: the scheduler's draft tokens per step, the drafter, vLLM's n-gram
+                       proposer, greedy rejection and acceptance counters
+    structured_output  Lab 8: StructuredOutputsParams, the grammar bitmask per step, xgrammar matchers,
+                       vLLM's bitmask application
+    lora               Lab 9: adapter slots, LoRA batches per step, PEFT scaling, vLLM's punica LoRA ops
+    failures           Lab 10: a worker paused through the workbook's plugin, preemptions recorded,
+                       bursts against vLLM's standalone scheduler
 
 Paths below are those of vLLM 0.32.0 (the v1 engine):
     LLM.llm_engine                       vllm.v1.engine.llm_engine.LLMEngine
