@@ -137,14 +137,16 @@ def explain_storm(run: StormRun) -> list[str]:
     tax, steps = run.tax, len(run.observer.history)
     limits = scheduler(run.observer.llm).scheduler_config
     storm_steps = [o.step for o in run.observer.history if o.preempted_ids]
-    worst = max(run.lost_tokens.items(), key=lambda kv: len(kv[1]), default=("-", []))
+    worst, lost = max(run.lost_tokens.items(), key=lambda kv: len(kv[1]), default=("-", []))
+    repeat = (f"{worst} was preempted {len(lost)} times" if len(lost) > 1
+              else "each preempted request once, then admitted again")
     return [
         f"KV exhaustion: {len(run.trace)} requests at once, each needing "
         f"{-(-(len(run.trace[0].prompt_token_ids) + run.trace[0].max_tokens - 1) // STORM_ENGINE['block_size'])} "
         f"blocks at its end, for {STORM_ENGINE['num_gpu_blocks_override'] - 1} usable blocks "
         f"(max_num_seqs={limits.max_num_seqs}).",
         f"Preemption storm: {run.num_preemptions} preemptions in {len(storm_steps)} of {steps} steps "
-        f"(first at step {storm_steps[0] if storm_steps else '-'}); {worst[0]} alone was preempted {len(worst[1])} times.",
+        f"(first at step {storm_steps[0] if storm_steps else '-'}); {repeat}.",
         f"Recompute tax: {tax.tokens} of {tax.num_scheduled_tokens} scheduled tokens ({100 * tax.share:.0f}%) were "
         f"computed twice; the engine's own count at each preemption says {run.engine_recomputed_tokens}.",
         "Fix: admit fewer requests than the KV cache can finish (max_num_seqs), or give it more KV space; a smaller "
