@@ -51,9 +51,20 @@ def test_a_hung_server_looks_alive_but_nothing_moves(captured: dict[str, Any]) -
     text = "\n".join(scenarios.diagnose(hung, "hung"))
     assert "[hung] diagnosed: hung" in text and "/health: 200" in text
     assert "generation tokens +0" in text
+    assert "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS" in text
+
+
+@pytest.mark.server
+def test_py_spy_shows_where_the_hung_server_waits(captured: dict[str, Any]) -> None:
+    hung = captured["states"]["hung"]
+    problem = next((note for note in hung.notes if note.startswith("py-spy:")), None)
+    if problem and "ptrace" in problem:
+        pytest.skip(f"py-spy cannot attach here: {problem}")
+    assert problem is None, problem
+    assert {row["process"].split()[0] for row in hung.threads} >= {"VLLM::EngineCore", "VLLM::Worker"}
+    text = "\n".join(scenarios.where_stuck(hung))
     assert "wait_while_paused" in text and "the injected pause" in text, "py-spy shows where the worker waits"
     assert "MessageQueue.acquire_read" in text, "py-spy shows the engine core waiting for the worker"
-    assert "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS" in text
 
 
 @pytest.mark.server

@@ -204,12 +204,15 @@ def observe(server: FaultServer, label: str, interval_s: float = 3.0, dump: bool
     before = watched_metrics(server.url)
     time.sleep(interval_s)
     after = watched_metrics(server.url)
-    threads = []
+    threads, notes = [], []
     if dump and server.procs.get("api_server") is not None:
         result = py_spy_dump(server.procs["api_server"].pid, timeout_s=60)
         threads = [{"pid": t.pid, "process": t.process, "thread": t.thread, "state": t.state, "frames": t.frames}
                    for t in result.threads]
-    return ServerState(label, before, after, interval_s, alive(server.procs), health_status(server.url), threads)
+        if result.problem:  # e.g. ptrace refused: say how to allow it instead of showing nothing
+            notes.append(f"py-spy: {result.problem}")
+    return ServerState(label, before, after, interval_s, alive(server.procs), health_status(server.url), threads,
+                       notes)
 
 
 def log_tail(server: FaultServer, num_lines: int = 40, needles: tuple[str, ...] = (
