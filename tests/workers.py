@@ -79,6 +79,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(pytest.mark.xdist_group(group_of(item)))
         if any(nb in item.nodeid for nb in ALL_CORES_NOTEBOOKS):
             item.add_marker(pytest.mark.all_cores)
+    # Longest groups first (a notebook's runs take minutes): the workers finish together instead of
+    # one running the last notebook alone. Stable, so tests keep their order inside a group.
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # every worker collects, and all must agree on the order
+        items.sort(key=lambda item: 0 if group_of(item).startswith("notebook-") else 1 if group_of(item) == "debuggers" else 2)
 
 
 def _widened() -> Iterator[None]:
