@@ -1,5 +1,5 @@
-"""`python -m labs.core.models build|train|which`: install the offline models, retrain tiny-phrasebook, or
-show which model a lab would use."""
+"""`python -m labs.core.models build|train|train-adapters|which`: install the offline models, retrain
+tiny-phrasebook or its LoRA adapters (Lab 9), or show which model a lab would use."""
 
 from __future__ import annotations
 
@@ -19,6 +19,11 @@ def main(argv: list[str] | None = None) -> int:
     train = sub.add_parser("train", help="retrain tiny-phrasebook from scratch (~10 minutes on 2 cores)")
     train.add_argument("--ship", action="store_true",
                        help="also replace the shipped weights in labs/core/models/shipped/ (commit them afterwards)")
+    adapters = sub.add_parser("train-adapters", help="retrain tiny-phrasebook's LoRA adapters for Lab 9 "
+                                                     "(english, glossary; a few minutes on 2 cores)")
+    adapters.add_argument("names", nargs="*", default=["english", "glossary"])
+    adapters.add_argument("--ship", action="store_true",
+                          help="also replace the shipped adapters in labs/core/models/shipped/ (commit them afterwards)")
     which = sub.add_parser("which", help="print the model a lab would use, and why")
     which.add_argument("model", nargs="?", default=None)
     args = parser.parse_args(argv)
@@ -33,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
         from labs.core.models.build import train_phrasebook_model
 
         train_phrasebook_model(ship=args.ship)
+        return 0
+    if args.command == "train-adapters":
+        from labs.core.models.lora_train import train_adapter_files
+
+        for name in args.names:
+            train_adapter_files(name, ship=args.ship)
         return 0
     resolved = resolve_model(args.model)
     print(f"{resolved.path}\n  why: {resolved.reason}")
