@@ -32,6 +32,7 @@ EXERCISES: dict[str, tuple[str, str]] = {
     "lab6_profiling": ("labs.lab6_profiling", ""),
     "lab7_spec_decode": ("labs.lab7_speculative_decoding", ""),
     "lab8_structured": ("labs.lab8_structured_outputs", ""),
+    "lab9_lora": ("labs.lab9_multi_lora", ""),
     "lab10_failures": ("labs.lab10_failure_injection", ""),
 }
 
