@@ -45,11 +45,12 @@ def server_fault(kind: str) -> int:
     server = sf.start_fault_server(sf.FAULTS_DIR / kind)
     try:
         print("healthy first:", sf.send_completion(server, 8, 60))
-        in_flight, results = sf.in_background(server, 1, 2000, 120)
+        server.pause_file.write_text(f"{scenarios.SLOW_STEP_S}")  # slow steps: the request is still running below
+        in_flight, results = sf.in_background(server, 1, scenarios.LONG_REQUEST_TOKENS, 120)
         time.sleep(1.0)
         if kind == "hang":
-            server.pause_file.touch()
-            print(f"injected: {server.pause_file} exists, so the worker holds every step")
+            server.pause_file.write_text("")
+            print(f"injected: {server.pause_file} exists and is empty, so the worker holds the step it is sent")
             seen = sf.send_completion(server, 8, scenarios.CLIENT_TIMEOUT_S)
             state = sf.observe(server, "hung", 3.0, dump=True)
             state.notes.append(f"a new request, client side: {seen}")

@@ -25,6 +25,8 @@ from labs.lab10_failure_injection.server_faults import (EXECUTE_MODEL_TIMEOUT_S,
 RECORDED_STATES = Path(__file__).resolve().with_name("recorded_server_states.json")
 # Client-side: how long a request may take before the operator's client gives up.
 CLIENT_TIMEOUT_S = 5.0
+LONG_REQUEST_TOKENS = 2000  # the server's max_model_len is 2048
+SLOW_STEP_S = 0.02  # while the states are read, each step is held this long: >= 40 s per request
 
 
 def capture_states(server: FaultServer, *, dump_hung: bool = True, echo: Any = print) -> list[ServerState]:
@@ -34,19 +36,17 @@ def capture_states(server: FaultServer, *, dump_hung: bool = True, echo: Any = p
     the end (the worker was killed).
     """
     states: list[ServerState] = []
-    threads, _ = in_background(server, 1, 400, 120)  # one long request streaming
+    # Every step held SLOW_STEP_S and long requests (EOS ignored): the requests outlast the readings
+    # however fast the machine, each state builds on the last, and the crash ends them all.
+    server.pause_file.write_text(f"{SLOW_STEP_S}")
+    in_flight, in_flight_results = in_background(server, 1, LONG_REQUEST_TOKENS, 120)
     time.sleep(1.0)
     states.append(observe(server, "running", 2.0))
-    for t in threads:
-        t.join()
-    # 6 requests for --max-num-seqs 2; not waited for: the hang below catches the last of them too
-    in_background(server, 6, 200, 120)
+    in_background(server, 6, LONG_REQUEST_TOKENS, 120)  # 7 requests for --max-num-seqs 2: a queue
     time.sleep(1.0)
     states.append(observe(server, "overloaded", 2.0))
 
-    in_flight, in_flight_results = in_background(server, 1, 2000, 120)  # still generating when the worker stops
-    time.sleep(1.0)
-    server.pause_file.touch()
+    server.pause_file.write_text("")  # empty: from the next step on, the worker holds the step it is sent
     seen = send_completion(server, 8, CLIENT_TIMEOUT_S)
     hung = observe(server, "hung", 3.0, dump=dump_hung)
     hung.notes.append(f"a new request, client side: {seen}")
@@ -57,8 +57,8 @@ def capture_states(server: FaultServer, *, dump_hung: bool = True, echo: Any = p
     for t in in_flight:
         t.join(30)
     crashed = observe(server, "crashed", 1.0)
-    crashed.notes.append(f"worker pid {killed} killed with SIGKILL; the request in flight, client side: "
-                         f"{in_flight_results}")
+    crashed.notes.append(f"worker pid {killed} killed with SIGKILL; the first request, still in flight, client "
+                         f"side: {in_flight_results}")
     crashed.notes += [f"log: {line}" for line in log_tail(server, 12)]
     crashed.notes.append("serve status: " + status_line(server).replace("\n", " | "))
     states.append(crashed)

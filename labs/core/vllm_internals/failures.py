@@ -7,7 +7,7 @@ about to preempt; both are internal (vLLM 0.32.0 names below) and move between r
 - `install_worker_pause` runs in every vLLM process through the workbook's general plugin
   (`labs.core.debug.vllm_workers.register`, registered in pyproject.toml), and does something only
   in a worker (`VllmWorker-<rank>`) when `WORKBOOK_FAULT_PAUSE_FILE` names a file: while that file
-  exists, the worker holds every `execute_model` call (vllm/v1/worker/worker_base.py,
+  exists and is empty, the worker holds every `execute_model` call (a number in it slows each step instead) (vllm/v1/worker/worker_base.py,
   `WorkerWrapperBase.execute_model`), which is what a stuck GPU kernel or a deadlocked collective
   looks like from outside.
 - `run_burst` plays a burst of requests through vLLM's real `Scheduler` (`StandaloneScheduler`,
@@ -29,14 +29,31 @@ from typing import Any
 from labs.core.vllm_internals.standalone import ScheduledStep, StandaloneScheduler
 from labs.core.vllm_internals.workers import worker_process_rank
 
-PAUSE_FILE_ENV = "WORKBOOK_FAULT_PAUSE_FILE"  # a path: while that file exists, vLLM's workers hold each step
+PAUSE_FILE_ENV = "WORKBOOK_FAULT_PAUSE_FILE"  # a path: while that file exists (empty), vLLM's workers hold each step
 PAUSE_POLL_S = 0.2
 
 
+def _pause_setting(pause_file: Path) -> str | None:
+    try:
+        return pause_file.read_text().strip()
+    except FileNotFoundError:
+        return None
+
+
 def wait_while_paused(pause_file: Path) -> None:
-    """Hold this thread while `pause_file` exists: the injected hang (py-spy shows this frame)."""
-    while pause_file.exists():
+    """Hold this step as `pause_file` says (py-spy shows this frame).
+
+    No file: go on. A number in it: hold the step that many seconds (a slow worker, so requests
+    outlast an observer's readings however fast the machine). Empty: hold it as long as the file
+    stays empty (the injected hang); removing the file, or writing a number, lets it go.
+    """
+    setting = _pause_setting(pause_file)
+    if setting:
+        time.sleep(float(setting))
+        return
+    while setting == "":
         time.sleep(PAUSE_POLL_S)
+        setting = _pause_setting(pause_file)
 
 
 def install_worker_pause(process_name: str) -> bool:
