@@ -25,8 +25,8 @@ from labs.core.vllm_internals.lora import LoraBatch, lora_request, record_lora_b
 LAB_MODEL = "tiny-phrasebook"  # the adapters are deltas to these exact weights: no other model fits them
 MAX_LORA_RANK = 16  # the largest rank of the two adapters (english: 16, glossary: 8); vLLM allows 1, 8, 16, 32, ...
 # One slot more than adapters: vLLM 0.32.0's CPU LoRA ops read a no-adapter token's A/B at index -1,
-# i.e. the LAST slot (the GPU kernels skip -1). A slot that stays empty holds zeros, so base requests
-# mixed with adapter requests stay exact. `no_adapter_leak` in this module shows the difference.
+# i.e. the LAST slot (the GPU kernels skip -1; vllm-project/vllm PR #48421 proposes the fix). A slot
+# that stays empty holds zeros, so base requests mixed with adapter requests stay exact.
 MAX_LORAS = len(ADAPTER_NAMES) + 1
 ADAPTER_IDS = {name: i for i, name in enumerate(ADAPTER_NAMES, start=1)}  # engine-wide ids, >= 1
 

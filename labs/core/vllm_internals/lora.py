@@ -105,8 +105,8 @@ def record_lora_batches(llm: Any) -> Iterator[list[LoraBatch]]:
     def recording(input_batch: Any, num_scheduled_tokens: Any, *args: Any, **kwargs: Any) -> Any:
         result = original(input_batch, num_scheduled_tokens, *args, **kwargs)
         num_reqs = input_batch.num_reqs
-        wrapper = manager.punica_wrapper_mapping.get(next(iter(manager.punica_wrapper_mapping))) \
-            if getattr(manager, "punica_wrapper_mapping", None) else getattr(manager, "punica_wrapper", None)
+        # the language model's wrapper (a text-only model has no other): each token's slot, -1 for none
+        wrapper = next(iter(getattr(manager, "punica_wrapper_mapping", {}).values()), None)
         token_slots = wrapper.token_lora_indices.tolist() if wrapper is not None else []
         batches.append(LoraBatch(
             req_ids=list(input_batch.req_ids[:num_reqs]),
