@@ -94,6 +94,7 @@ def test_slots_hold_both_adapters_and_cost_what_vllm_allocated(lora_llm: Any) ->
     ml.translate(lora_llm, [GREETING, GREETING], ["english", "glossary"], max_tokens=2)
     slots = vi_lora.adapter_slots(lora_llm)
     assert len(slots) == ml.MAX_LORAS and set(slots) == {1, 2, None}
+    assert vi_lora.registered_adapter_ids(lora_llm) == [1, 2]
     shapes = vi_lora.lora_module_shapes(lora_llm)
     assert len(shapes) == 4 * 4  # qkv, o, gate_up, down in each of 4 layers; lm_head not wrapped
     assert shapes["model.layers.0.self_attn.qkv_proj"]["a"][0] == (ml.MAX_LORAS, 1, ml.MAX_LORA_RANK, 256)

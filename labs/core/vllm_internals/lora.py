@@ -44,11 +44,15 @@ def registered_adapter_ids(llm: Any) -> list[int]:
     return sorted(lora_model_manager(llm).list_adapters())
 
 
-def lora_module_shapes(llm: Any) -> dict[str, dict[str, list[tuple[int, ...]]]]:
-    """Every LoRA-wrapped layer's preallocated A and B tensors: {module: {"a": [shapes], "b": [shapes]}}.
+def lora_module_shapes(llm: Any) -> dict[str, dict[str, Any]]:
+    """Every LoRA-wrapped layer's preallocated A and B tensors.
 
     A packed layer (qkv_proj, gate_up_proj) has one A/B pair per slice (q, k, v / gate, up). Shapes
     are (max_loras, 1, max_lora_rank, in) for A and (max_loras, 1, out, max_lora_rank) for B.
+
+    Returns:
+        {module name: {"a": [A shape per slice], "b": [B shape per slice], "bytes": all its A/B
+        bytes (every slot), "slots": max_loras}}.
     """
     shapes = {}
     for name, module in lora_model_manager(llm).modules.items():
