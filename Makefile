@@ -34,6 +34,7 @@ help:
 	@echo "make vllm-start      the same in this terminal, loading bars live (vllm-start-debug: DEBUG=1 logs)"
 	@echo "make vllm-status     up/down from GET /v1/models: served model, max_model_len, pid, log"
 	@echo "make vllm-logs       follow the server's latest log;  make vllm-stop  stop it (whole process group)"
+	@echo "make vllm-restart    stop the recorded server (or clean a crashed one's pid file) and start it again"
 	@echo "make translate       capstone: JA->ZH translation of IN=files/folders (default: samples) into OUT=runs/translate"
 
 setup: $(SETUP_STAMP) models
@@ -100,7 +101,7 @@ clean-runs:
 
 # --- vLLM server (python -m labs.core.serve): PORT= and MODEL= pass through ---------------------------
 SERVE_ARGS = $(if $(PORT),--port $(PORT)) $(if $(MODEL),--model $(MODEL))
-.PHONY: vllm-start vllm-start-bg vllm-start-debug vllm-stop vllm-status vllm-logs
+.PHONY: vllm-start vllm-start-bg vllm-start-debug vllm-stop vllm-restart vllm-status vllm-logs
 
 vllm-start: setup
 	$(PY) -m labs.core.serve start $(SERVE_ARGS)
@@ -113,6 +114,9 @@ vllm-start-debug: setup
 
 vllm-stop: setup
 	$(PY) -m labs.core.serve stop $(if $(PORT),--port $(PORT))
+
+vllm-restart: setup
+	$(PY) -m labs.core.serve restart $(SERVE_ARGS)
 
 vllm-status: setup
 	$(PY) -m labs.core.serve status $(if $(PORT),--port $(PORT))

@@ -91,6 +91,11 @@ def test_overloaded_means_queued_while_tokens_flow(captured: dict[str, Any]) -> 
 def test_restart_without_the_injection_serves_again(captured: dict[str, Any]) -> None:
     server = captured["server"]
     assert "DOWN" in sf.status_line(server)
-    assert scenarios.recover(server, echo=lambda _: None) == "HTTP 200"
+    messages: list[str] = []
+    assert scenarios.recover(server, echo=messages.append) == "HTTP 200"
+    said = "\n".join(messages)
+    assert "nothing to stop" in said or "stale" in said, f"the restart says what it found of the old server:\n{said}"
+    assert f"stop: python -m labs.core.serve stop --log-dir {server.config.log_dir}" in said, \
+        f"the stop hint names this server's folder, not the default server's make vllm-stop:\n{said}"
     assert "UP" in sf.status_line(server)
     assert all(sf.alive(server.procs).values())

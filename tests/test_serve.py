@@ -221,6 +221,17 @@ def test_stale_pid_after_kill_9_is_cleaned(tmp_path: Path) -> None:
         pid_file(tmp_path).write_text(stale_json)  # the next start meets the same stale file
         preflight(config, echo=messages.append)
         assert not pid_file(tmp_path).exists() and "stale pid file" in messages[-1]
+
+        # `restart` after a crash: says the old server was dead, starts the recorded model on its port again
+        pid_file(tmp_path).write_text(stale_json)
+        done = subprocess.run([sys.executable, "-m", "labs.core.serve", "restart", "--log-dir", str(tmp_path),
+                               "--env-file", str(no_env_file), "--timeout", str(START_TIMEOUT_S)],
+                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=START_TIMEOUT_S + 60)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "stale pid file" in done.stdout and f"pid {record.pid}" in done.stdout, done.stdout
+        assert f"vLLM is up: http://127.0.0.1:{port}/v1 serves '{TEST_MODEL}'" in done.stdout, done.stdout
+        assert f"stop: python -m labs.core.serve stop --log-dir {tmp_path}" in done.stdout
+        assert status(log_dir=tmp_path, env_file=no_env_file).up
     finally:
         stop(log_dir=tmp_path, grace_s=5, echo=messages.append)
 

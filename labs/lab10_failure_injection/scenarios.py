@@ -3,8 +3,8 @@
 `capture_states` walks one server through running -> overloaded -> hung -> crashed and keeps a
 `ServerState` of each (what the tests and the exercises' grader use); `diagnose` turns a state
 into the lines an operator would write in an incident channel; `recover` is the fix: stop what is
-left, start the server again without the injection (`labs.core.serve`'s `stop` and
-`start_background`, as `python -m labs.core.serve stop` / `start-bg` do), and check it answers.
+left and start the server again without the injection (`labs.core.serve.restart`, as
+`python -m labs.core.serve restart` does), and check it answers.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from labs.core.serve import start_background, stop
+from labs.core.serve import restart
 from labs.core.vllm_internals.failures import PAUSE_FILE_ENV
 from labs.lab6_profiling.profiling import ThreadDump, explain_thread
 from labs.lab10_failure_injection.server_faults import (EXECUTE_MODEL_TIMEOUT_S, FaultServer, ServerState, alive,
@@ -132,13 +132,12 @@ def diagnose(state: ServerState, label: str) -> list[str]:
 
 
 def recover(server: FaultServer, echo: Any = print) -> str:
-    """The fix: stop what is left, restart the same server without the pause armed; returns its status."""
-    stop(log_dir=server.config.log_dir, grace_s=10, echo=echo)
+    """The fix: restart the same server without the pause armed (`restart` stops what is left first); returns its status."""
     server.pause_file.unlink(missing_ok=True)
     config = server.config
     armed = os.environ.pop(PAUSE_FILE_ENV, None)
     try:
-        start_background(config, timeout_s=600, echo=echo)
+        restart(config, grace_s=10, timeout_s=600, echo=echo)
     finally:
         if armed is not None:
             os.environ[PAUSE_FILE_ENV] = armed

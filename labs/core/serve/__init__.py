@@ -31,12 +31,12 @@ is started, with exactly its environment), `manager` (start/stop/status), `owned
 
 from labs.core.serve.config import ServerConfig, build_config
 from labs.core.serve.health import ServedModel, ServerNotReadyError, find_free_port, wait_until_healthy
-from labs.core.serve.manager import ServeError, ServerStatus, start_background, start_foreground, status, stop
+from labs.core.serve.manager import ServeError, ServerStatus, restart, start_background, start_foreground, status, stop
 from labs.core.serve.owned import OwnedServer, owned_server
 from labs.core.serve.records import ServerRecord, read_record
 
 __all__ = [
     "OwnedServer", "ServeError", "ServedModel", "ServerConfig", "ServerNotReadyError", "ServerRecord", "ServerStatus",
-    "build_config", "find_free_port", "owned_server", "read_record", "start_background", "start_foreground",
+    "build_config", "find_free_port", "owned_server", "read_record", "restart", "start_background", "start_foreground",
     "status", "stop", "wait_until_healthy",
 ]

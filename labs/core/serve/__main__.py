@@ -1,4 +1,4 @@
-"""`python -m labs.core.serve start|start-bg|stop|status|check|logs`: the vLLM server manager's command line.
+"""`python -m labs.core.serve start|start-bg|restart|stop|status|check|logs`: the vLLM server manager's command line.
 
 Options after `--` go to vLLM unchanged, e.g. `python -m labs.core.serve start-bg -- --max-num-seqs 8`.
 Exit status: 0 success (check: the server is up); 1 check: the server is down, or a foreground
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from labs.core.serve.config import DEFAULT_ENV_FILE, DEFAULT_LOG_DIR, url_for
 from labs.core.serve.launch import LATEST_LOG_NAME, log_tail
-from labs.core.serve.manager import process_lines, start_background, start_foreground, status, stop
+from labs.core.serve.manager import process_lines, restart, start_background, start_foreground, status, stop
 from labs.core.serve.records import read_record
 
 
@@ -49,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("start", parents=[common, starting], help="run in this terminal (Ctrl-C stops)")
     start_bg = sub.add_parser("start-bg", parents=[common, starting], help="run in tmux, wait until healthy")
     start_bg.add_argument("--no-tmux", action="store_true", help="a detached process group even if tmux exists")
+    restart_parser = sub.add_parser("restart", parents=[common, starting],
+                                    help="stop the recorded server (or clean its stale pid file), start it again in the "
+                                         "background: same model, port and name unless given")
+    restart_parser.add_argument("--grace", type=float, default=20.0, help="seconds from SIGTERM to SIGKILL")
     stop_parser = sub.add_parser("stop", parents=[common], help="stop the recorded server")
     stop_parser.add_argument("--port", type=int, help="refuse unless the recorded server uses this port")
     stop_parser.add_argument("--grace", type=float, default=20.0, help="seconds from SIGTERM to SIGKILL")
@@ -78,15 +82,21 @@ def main(argv: list[str] | None = None) -> int:
     vllm_args = argv[argv.index("--") + 1:] if "--" in argv else []
     args = _parser().parse_args(argv[:argv.index("--")] if "--" in argv else argv)
 
-    if args.command in ("start", "start-bg"):
+    if args.command in ("start", "start-bg", "restart"):
         from labs.core.serve.config import build_config
 
-        config = build_config(args.model, served_model_name=args.served_model_name, host=args.host,
-                              port=args.port, max_model_len=args.max_model_len, log_dir=args.log_dir,
-                              session_name=args.name, env_file=args.env_file, debug=args.debug,
+        previous = read_record(args.log_dir) if args.command == "restart" else None  # what to start again
+        config = build_config(args.model or (previous.model if previous else None),
+                              served_model_name=args.served_model_name or (previous.served_model_name if previous else None),
+                              host=args.host or (previous.host if previous else None),
+                              port=args.port or (previous.port if previous else None), max_model_len=args.max_model_len,
+                              log_dir=args.log_dir, session_name=args.name, env_file=args.env_file, debug=args.debug,
                               log_requests=args.log_requests, extra_args=tuple(vllm_args))
         if args.command == "start":
             return start_foreground(config, timeout_s=args.timeout)
+        if args.command == "restart":
+            restart(config, grace_s=args.grace, timeout_s=args.timeout)
+            return 0
         start_background(config, timeout_s=args.timeout, use_tmux=False if args.no_tmux else None)
         return 0
     if args.command == "stop":

@@ -125,7 +125,8 @@ def preflight(config: ServerConfig, echo: Echo = print) -> None:
             same = record.port == config.port
             raise ServeError(
                 f"A vLLM server is already running {'on port ' + str(config.port) if same else 'from this log folder'}: "
-                f"{record.describe()}.\nUse it (python -m labs.core.serve check), or stop it first: make vllm-stop"
+                f"{record.describe()}.\nUse it (python -m labs.core.serve check), or stop it first: "
+                f"{stop_command(config.log_dir)}"
                 + ("" if same else "  (one server per log folder; --log-dir DIR starts a second one)"))
         echo(_clean_stale_record(record, config.log_dir))
     if not health.port_is_free(config.host, config.port):
@@ -161,7 +162,7 @@ def _ready_message(config: ServerConfig, record: ServerRecord, models: list[heal
     where = (f"tmux session '{record.tmux_session}' (watch: tmux attach -t {record.tmux_session}, detach: Ctrl-b d)"
              if record.tmux_session else f"process group {record.pgid}")
     return (f"vLLM is up: {config.url}/v1 serves {served}; pid {record.pid} in {where}.\n"
-            f"  log: {record.log_path}  (make vllm-logs)   stop: make vllm-stop")
+            f"  log: {record.log_path}  ({logs_command(config.log_dir)})   stop: {stop_command(config.log_dir)}")
 
 
 def start_background(config: ServerConfig | None = None, *, timeout_s: float = 600.0, use_tmux: bool | None = None,
@@ -223,7 +224,8 @@ def start_foreground(config: ServerConfig | None = None, *, timeout_s: float = 6
     preflight(config, echo)
     log_path = new_log_path(config.log_dir, config.port)
     echo("\n".join(config.reasons))
-    echo(f"Starting: {config.display_command()}\n  log: {log_path}\n  stop: Ctrl-C (or make vllm-stop elsewhere)")
+    echo(f"Starting: {config.display_command()}\n  log: {log_path}\n  stop: Ctrl-C (or {stop_command(config.log_dir)} "
+         "elsewhere)")
     proc, note = launch_in_terminal(config, log_path)
     if note:
         echo(note)
@@ -254,6 +256,37 @@ def start_foreground(config: ServerConfig | None = None, *, timeout_s: float = 6
     finally:
         if record is not None:
             remove_record(config.log_dir, record.pid)
+
+
+def stop_command(log_dir: Path) -> str:
+    """The command that stops the server of `log_dir`: `make vllm-stop` only for the default folder."""
+    if Path(log_dir).resolve() == DEFAULT_LOG_DIR.resolve():
+        return "make vllm-stop"
+    return f"python -m labs.core.serve stop --log-dir {log_dir}"
+
+
+def logs_command(log_dir: Path) -> str:
+    if Path(log_dir).resolve() == DEFAULT_LOG_DIR.resolve():
+        return "make vllm-logs"
+    return f"python -m labs.core.serve logs --follow --log-dir {log_dir}"
+
+
+def restart(config: ServerConfig, *, grace_s: float = 20.0, timeout_s: float = 600.0, use_tmux: bool | None = None,
+            echo: Echo = print) -> ServerStatus:
+    """Stop the server recorded in `config.log_dir` if it runs, then start `config` in the background.
+
+    Why one command: after a crash the pid file is stale and `start-bg` alone would refuse or
+    confuse; `stop` says what it found (a running server stopped, a dead one's stale record
+    cleaned, or nothing), so the restart's output tells the truth about the old server too.
+
+    Args:
+        config: the server to start (same log folder as the one to stop).
+        grace_s: seconds between SIGTERM and SIGKILL for the old one (a hung server ignores SIGTERM).
+        timeout_s / use_tmux: as for `start_background`.
+        echo: where messages go.
+    """
+    stop(log_dir=config.log_dir, grace_s=grace_s, echo=echo)
+    return start_background(config, timeout_s=timeout_s, use_tmux=use_tmux, echo=echo)
 
 
 def stop(*, log_dir: Path = DEFAULT_LOG_DIR, port: int | None = None, grace_s: float = 20.0,
