@@ -131,3 +131,23 @@ def test_py_spy_dump_of_a_server_lists_and_explains_its_threads(server_pid: int)
     assert engine_main and any("_process_input_queue" in f for f in engine_main[0].frames), dump.text[-3000:]
     table = prof.thread_table(dump.threads)
     assert len(table) == len(dump.threads) and "\x1b" not in dump.text
+
+
+def test_a_worker_inside_a_step_is_not_called_idle() -> None:
+    """The idle loop's frames sit below a running step's: the step must win (stacks as py-spy printed them
+    for vLLM 0.32.0's worker and engine core, innermost first)."""
+    loop = ["WorkerProc.worker_busy_loop (vllm/v1/executor/multiproc_executor.py:1041)",
+            "WorkerProc.worker_main (vllm/v1/executor/multiproc_executor.py:944)"]
+    idle = prof.ThreadDump(1, "VLLM::Worker", "MainThread", "idle",
+                           ["MessageQueue.acquire_read (vllm/distributed/device_communicators/shm_broadcast.py:864)",
+                            "MessageQueue.dequeue (vllm/distributed/device_communicators/shm_broadcast.py:971)", *loop])
+    stepping = prof.ThreadDump(1, "VLLM::Worker", "MainThread", "active",
+                               ["CPUModelRunner.execute_model (vllm/v1/worker/gpu_model_runner.py:3100)",
+                                "WorkerProc._execute_worker_rpc (vllm/v1/executor/multiproc_executor.py:1055)", *loop])
+    core = prof.ThreadDump(2, "VLLM::EngineCore", "MainThread", "idle",
+                           ["MessageQueue.acquire_read (vllm/distributed/device_communicators/shm_broadcast.py:864)",
+                            "MultiprocExecutor.collective_rpc.<locals>.get_response (vllm/v1/executor/multiproc_executor.py:440)",
+                            "EngineCore.step (vllm/v1/engine/core.py:420)"])
+    assert prof.explain_thread(idle).startswith("model worker: waits on the shared-memory queue")
+    assert prof.explain_thread(stepping).startswith("model worker: running a step")
+    assert prof.explain_thread(core).startswith("engine core: sent a step to its workers")

@@ -163,6 +163,10 @@ THREAD_ROLES = (
     ("_process_input_queue", "engine core busy loop: blocked on its input queue until a request arrives"),
     ("process_input_sockets", "engine core input thread: ZMQ socket from the API server -> input queue"),
     ("process_output_sockets", "engine core output thread: output queue -> ZMQ socket to the API server"),
+    # A worker inside a step, and the engine core waiting for it, also have the idle loop's frames
+    # below: the step's own frames must win, or a stuck step reads as "waiting for work".
+    ("WorkerProc._execute_worker_rpc", "model worker: running a step it was sent (not waiting for work)"),
+    ("MultiprocExecutor.collective_rpc", "engine core: sent a step to its workers, waits for their answer"),
     ("worker_busy_loop", "model worker: waits on the shared-memory queue for the next step (spins, then sleeps)"),
     ("monitor_engine_liveness", "API server: watches that the engine core process is alive"),
     ("monitor_workers", "engine core: watches that its worker processes are alive"),
