@@ -17,7 +17,7 @@ from typing import Any
 
 from labs.core.serve import restart
 from labs.core.vllm_internals.failures import PAUSE_FILE_ENV
-from labs.lab6_profiling.profiling import ThreadDump, explain_thread
+from labs.core.debug.pyspy import ThreadDump, explain_thread
 from labs.lab10_failure_injection.server_faults import (EXECUTE_MODEL_TIMEOUT_S, FaultServer, ServerState, alive,
                                                         in_background, kill_worker, log_tail, observe, send_completion,
                                                         status_line, wait_for)

@@ -33,7 +33,7 @@ from labs.core.serve import build_config, find_free_port, start_background, stat
 from labs.core.serve.config import ServerConfig
 from labs.core.serve.records import read_record
 from labs.core.vllm_internals.failures import PAUSE_FILE_ENV
-from labs.lab6_profiling.profiling import py_spy_dump
+from labs.core.debug.pyspy import py_spy_dump
 
 FAULTS_DIR = RUNS_DIR / "lab10"  # git-ignored
 WATCHED = ("vllm:generation_tokens_total", "vllm:prompt_tokens_total", "vllm:request_success_total",
