@@ -81,8 +81,12 @@ def test_lora_training_starts_at_the_base_model_and_lowers_the_loss() -> None:
     frozen = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
         before = answer_loss(model, tok.pad_token_id, [], batch).item()
-    torch.set_num_threads(1)
-    wrapped, record = lora_train.train_adapter(model, tok, recipe, log=lambda _: None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(recipe.num_threads)
+    try:
+        wrapped, record = lora_train.train_adapter(model, tok, recipe, log=lambda _: None)
+    finally:
+        torch.set_num_threads(threads)  # the other tests of this worker keep theirs
     with torch.no_grad():
         after = answer_loss(model, tok.pad_token_id, [], batch).item()
     assert after < before, (before, after)
