@@ -147,3 +147,30 @@ def test_live_queues_and_block_tables(llm: Any) -> None:
         engine.step()
     with pytest.raises(KeyError, match="queued-a"):
         vi.request_block_ids(llm, "queued-a")
+
+
+NUMBA_THEN_ENGINE = """
+import numba, llvmlite.binding  # noqa: F401  (what vLLM's n-gram drafter and Lab 7's graders import)
+from labs.core.engine import free_llm, make_llm
+llm = make_llm("tiny-phrasebook", inspectable=True, verbose=False)
+print("STARTED", len(llm.generate(["hi"], use_tqdm=False)[0].outputs[0].token_ids) > 0)
+free_llm(llm)
+"""
+
+
+@pytest.mark.engine
+def test_an_engine_starts_in_a_process_that_imported_numba() -> None:
+    """vLLM 0.32.0's kernel-override scan crashes on llvmlite's module; the workbook's plugin guards it.
+
+    Without the guard (VLLM_PLUGINS leaving it out) the same script must fail as vLLM does, so
+    this test can tell the guard is what makes the difference."""
+    import os
+
+    run = lambda env: subprocess.run([sys.executable, "-c", NUMBA_THEN_ENGINE], cwd=REPO, capture_output=True,  # noqa: E731
+                                     text=True, timeout=300, env={**os.environ, **env})
+    guarded = run({})
+    assert "STARTED True" in guarded.stdout, guarded.stdout[-2000:] + guarded.stderr[-3000:]
+    unguarded = run({"VLLM_PLUGINS": "workbook_debug_workers,workbook_breakpoints"})
+    assert unguarded.returncode != 0 and "'_lib_fn_wrapper' object has no attribute 'get'" in unguarded.stderr, (
+        "vLLM no longer trips on llvmlite: drop guard_kernel_override_scan and its plugin entry\n"
+        + unguarded.stderr[-2000:])

@@ -66,3 +66,34 @@ def request_output_kind_enum() -> Any:
     from vllm.sampling_params import RequestOutputKind
 
     return RequestOutputKind
+
+
+def guard_kernel_override_scan() -> None:
+    """Work around a vLLM 0.32.0 bug that stops engines from starting after numba was imported.
+
+    Registered as a vLLM general plugin (pyproject.toml), so it runs in every vLLM process before
+    the worker calls `current_platform.register_triton_kernel_overrides()`. That call scans every
+    module in `sys.modules` (`vllm/triton_utils/dispatcher.py`) and crashes with
+    `AttributeError: '_lib_fn_wrapper' object has no attribute 'get'` on `llvmlite.binding.ffi`,
+    which numba imports (vLLM's own n-gram drafter loads numba; so do Lab 7's graders). The guard
+    hides that one module from the scan; it holds no kernel to override. Idempotent.
+    """
+    import sys
+
+    from vllm.platforms import current_platform
+
+    platform_cls = type(current_platform)
+    original = platform_cls.register_triton_kernel_overrides  # bound to the class (a classmethod)
+    if getattr(original, "__func__", original).__dict__.get("_workbook_guarded"):
+        return
+
+    def register_triton_kernel_overrides(cls: type) -> None:
+        hidden = sys.modules.pop("llvmlite.binding.ffi", None)
+        try:
+            original()
+        finally:
+            if hidden is not None:
+                sys.modules["llvmlite.binding.ffi"] = hidden
+
+    register_triton_kernel_overrides._workbook_guarded = True  # type: ignore[attr-defined]
+    platform_cls.register_triton_kernel_overrides = classmethod(register_triton_kernel_overrides)
