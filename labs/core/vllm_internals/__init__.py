@@ -17,7 +17,8 @@ pins in pyproject.toml), then port the modules, one concern each:
     workers       tensor-parallel workers: each rank's weight shards, a worker process's rank;
                   whether the platform runs vLLM's Ray executor, the node address vLLM announces
     server_args   vLLM's own OpenAI API server argument parser
-    runtime       env cache, engine shutdown, distributed teardown, RequestOutputKind
+    runtime       env cache, engine shutdown, distributed teardown, RequestOutputKind; the plugin that
+                  lets engines start after numba was imported (a 0.32.0 bug)
 One module per later lab, imported from the module itself (`from labs.core.vllm_internals.spec_decode
 import record_spec_steps`), not re-exported here, so this package's names stay the engine's:
     spec_decode        Lab 7: the scheduler's draft tokens per step, the drafter, vLLM's n-gram

@@ -4,7 +4,9 @@ Why a module: `labs.core.engine` starts and frees several engines in one process
 kernel, a test session). Doing that cleanly needs three internal reaches, written here once:
 vLLM's cached view of `os.environ` must be dropped before the next engine reads it, the engine
 core must be shut down, and vLLM's process-wide distributed state must be torn down. The labs
-also pick a request's `RequestOutputKind`, which vLLM does not export from its top level.
+also pick a request's `RequestOutputKind`, which vLLM does not export from its top level. And one
+workaround every vLLM process needs (`guard_kernel_override_scan`, a general plugin): engines must
+start in processes that imported numba.
 """
 
 from __future__ import annotations
