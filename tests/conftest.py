@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from tests.serve_support import START_TIMEOUT_S
+from tests.workers import on_own_cores
 
 pytest_plugins = ("tests.workers",)  # `make test`'s parallel workers: core pinning and groups
 
@@ -47,7 +48,8 @@ def model_path() -> Path:
 def llm() -> Iterator[Any]:
     from labs.core.engine import free_llm, make_llm
 
-    engine = make_llm(TEST_MODEL, inspectable=True, verbose=False)
+    with on_own_cores():  # whichever test asks first (a TP one may hold every core), see tests/workers.py
+        engine = make_llm(TEST_MODEL, inspectable=True, verbose=False)
     yield engine
     free_llm(engine)
 
@@ -79,8 +81,10 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnedServe
     work = tmp_path_factory.mktemp("vllm-server")
     env_file = work / ".env"
     env_file.write_text(f"VLLM_API_KEY={SERVER_API_KEY}\n")
-    with serve.owned_server("vllm-test-shared", log_dir=work / "logs", model=TEST_MODEL, env_file=env_file,
-                            timeout_s=START_TIMEOUT_S, echo=lambda _: None) as server:
+    with on_own_cores():  # the server's processes inherit the mask it starts with (it starts here)
+        started = serve.owned_server("vllm-test-shared", log_dir=work / "logs", model=TEST_MODEL, env_file=env_file,
+                                     timeout_s=START_TIMEOUT_S, echo=lambda _: None)
+    with started as server:
         assert server.owned and not server.reused and server.api_key, "a fresh server of this session's own"
         _shared_servers.append(server)
         try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -41,6 +42,36 @@ def cores_of_worker(cores: list[int], index: int, num_workers: int) -> list[int]
     per, extra = divmod(len(cores), num_workers)
     start = index * per + min(index, extra)
     return cores[start:start + per + (index < extra)] or cores
+
+
+def own_cores() -> list[int] | None:
+    """This worker's share of the cores, or None outside pytest-xdist."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    cores = os.environ.get("WORKBOOK_TEST_ALL_CORES")
+    if worker is None or not cores:
+        return None
+    return cores_of_worker([int(c) for c in cores.split(",")], int(worker.removeprefix("gw")),
+                           int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+
+
+@contextmanager
+def on_own_cores() -> Iterator[None]:
+    """Run the block on this worker's own cores, whatever test widened the mask meanwhile.
+
+    Why: a session fixture (the shared engine, the shared server) is built inside whichever test
+    first asks for it, possibly a tensor-parallel one running on every core; the engine would then
+    record (and bind to) cores that are not this worker's.
+    """
+    mine = own_cores()
+    if mine is None or not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, mine)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
