@@ -48,7 +48,7 @@ def model_path() -> Path:
 def llm() -> Iterator[Any]:
     from labs.core.engine import free_llm, make_llm
 
-    with on_own_cores():  # whichever test asks first (a TP one may hold every core), see tests/workers.py
+    with on_own_cores():  # whichever test asks first (a TP one lifts the binding), see tests/workers.py
         engine = make_llm(TEST_MODEL, inspectable=True, verbose=False)
     yield engine
     free_llm(engine)
@@ -81,7 +81,7 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnedServe
     work = tmp_path_factory.mktemp("vllm-server")
     env_file = work / ".env"
     env_file.write_text(f"VLLM_API_KEY={SERVER_API_KEY}\n")
-    with on_own_cores():  # the server's processes inherit the mask it starts with (it starts here)
+    with on_own_cores():  # the server inherits the binding it starts with (it starts here)
         started = serve.owned_server("vllm-test-shared", log_dir=work / "logs", model=TEST_MODEL, env_file=env_file,
                                      timeout_s=START_TIMEOUT_S, echo=lambda _: None)
     with started as server:

@@ -1,4 +1,4 @@
-"""The parallel test run's core split (tests/workers.py): each worker its own cores, TP tests all of them."""
+"""The parallel test run's core split (tests/workers.py): each worker's engines on its own cores, TP tests on all."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.workers import allowed_cores, cores_of_worker, group_of
+from tests.workers import BIND_ENV, WORKER_BIND_ENV, allowed_cores, cores_of_worker, group_of, on_own_cores
 
 
 def test_cores_are_split_into_contiguous_disjoint_shares() -> None:
@@ -16,20 +16,22 @@ def test_cores_are_split_into_contiguous_disjoint_shares() -> None:
     assert cores_of_worker([7], 1, 2) == [7], "more workers than cores: share the one there is"
 
 
-def test_this_worker_runs_on_its_share_only() -> None:
+def test_this_workers_engines_bind_to_its_share() -> None:
     worker = os.environ.get("PYTEST_XDIST_WORKER")
-    if worker is None:
-        pytest.skip("not under pytest-xdist (make test runs it with -n auto)")
-    everything = [int(c) for c in os.environ["WORKBOOK_TEST_ALL_CORES"].split(",")]
-    expected = cores_of_worker(everything, int(worker.removeprefix("gw")), int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
-    assert allowed_cores() == expected
+    if worker is None or WORKER_BIND_ENV not in os.environ:
+        pytest.skip("not under pytest-xdist with the workbook's binding (make test runs it with -n auto)")
+    expected = cores_of_worker(allowed_cores(), int(worker.removeprefix("gw")), int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    assert os.environ[BIND_ENV] == ",".join(map(str, expected))
 
 
 @pytest.mark.all_cores
-def test_an_all_cores_test_gets_every_core() -> None:
-    if "WORKBOOK_TEST_ALL_CORES" not in os.environ:
-        pytest.skip("not under pytest-xdist")
-    assert allowed_cores() == [int(c) for c in os.environ["WORKBOOK_TEST_ALL_CORES"].split(",")]
+def test_an_all_cores_test_has_no_worker_binding_and_fixtures_can_take_it_back() -> None:
+    if WORKER_BIND_ENV not in os.environ:
+        pytest.skip("not under pytest-xdist with the workbook's binding")
+    assert BIND_ENV not in os.environ, "TP=2 must get the workbook's one-core-per-rank binding"
+    with on_own_cores():
+        assert os.environ[BIND_ENV] == os.environ[WORKER_BIND_ENV]
+    assert BIND_ENV not in os.environ
 
 
 def test_a_notebooks_tests_share_one_group(request: pytest.FixtureRequest) -> None:

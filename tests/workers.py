@@ -1,20 +1,25 @@
-"""`make test` on several pytest-xdist workers, each pinned to its own share of the CPU cores.
+"""`make test` on several pytest-xdist workers, each worker's engines computing on its own cores.
 
-Why pinned: vLLM's CPU worker binds its OpenMP threads to the cores this process may use
-(`VLLM_CPU_OMP_THREADS_BIND=auto` reads the affinity mask), so two unpinned workers would put both
-engines' compute on the same core while the other idles. A worker's mask is inherited by
-everything it starts (notebook kernels, servers, subprocesses). Measured with farm-bench on a
-2-core machine: two lab notebooks pinned to one core each, side by side, took 0.29x the wall time of
-the same two run one after the other unpinned (`python tests/workers.py` prints the plan).
+Why own cores: vLLM's CPU worker binds its OpenMP threads to cores (`VLLM_CPU_OMP_THREADS_BIND`;
+`auto` takes the first core and reserves the rest), so two workers' engines would both compute on
+core 0 while core 1 idles. Each worker therefore exports `VLLM_CPU_OMP_THREADS_BIND` = its share of
+the cores, and everything it starts inherits it (notebook kernels, servers, subprocesses), while
+Python threads, API servers and engine-core loops still run on any core.
+
+Why not pin the whole worker to its cores (sched_setaffinity, tried first): a server's engine core
+busy-waits on its worker during a step, and on one core that spin steals the worker's time:
+notebook 06's second run took 146 s pinned against 39 s in a serial run. The farm-bench figure
+that motivated the split (two notebooks side by side 0.29x the wall time of one after the other)
+came from separating the engines' compute, which this keeps.
 
 Why groups (`--dist loadgroup`): a test module's module- and session-scoped fixtures (an engine, a
 recorded run) are set up once per worker that runs any of its tests, so every module goes to one
 worker whole; the notebook tests are one group per notebook (its first run, its rerun and its run
-on another model share the working copy); the tests that drive debuggers share a group, since
-their ranks listen on the workbook's debugger ports.
+on another model share the working copy); the tests that drive debuggers share a group.
 
 Tests that need every core (tensor parallelism: one core per rank) carry the `all_cores` mark, on
-the module (`pytestmark`) or on the test; their worker widens its mask for them.
+the module (`pytestmark`) or on the test: the worker's binding is lifted for them, so the
+workbook binds one core per rank as it does for a learner.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from contextlib import contextmanager
 
 import pytest
 
+BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
+WORKER_BIND_ENV = "WORKBOOK_TEST_WORKER_BIND"  # this worker's binding, kept while a TP test lifts it
 MAX_WORKERS = 4  # each worker may hold an engine and a server (~3 GiB): memory, not cores, bounds more
 DEBUGGER_MODULES = ("test_debugpy_session.py", "test_ipdb.py", "test_lab4_tp_debug_ports.py",
                     "test_lab4_tensor_parallel.py", "test_browser_lab2.py")
@@ -44,36 +51,6 @@ def cores_of_worker(cores: list[int], index: int, num_workers: int) -> list[int]
     return cores[start:start + per + (index < extra)] or cores
 
 
-def own_cores() -> list[int] | None:
-    """This worker's share of the cores, or None outside pytest-xdist."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
-    cores = os.environ.get("WORKBOOK_TEST_ALL_CORES")
-    if worker is None or not cores:
-        return None
-    return cores_of_worker([int(c) for c in cores.split(",")], int(worker.removeprefix("gw")),
-                           int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
-
-
-@contextmanager
-def on_own_cores() -> Iterator[None]:
-    """Run the block on this worker's own cores, whatever test widened the mask meanwhile.
-
-    Why: a session fixture (the shared engine, the shared server) is built inside whichever test
-    first asks for it, possibly a tensor-parallel one running on every core; the engine would then
-    record (and bind to) cores that are not this worker's.
-    """
-    mine = own_cores()
-    if mine is None or not hasattr(os, "sched_setaffinity"):
-        yield
-        return
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, mine)
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
-
-
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """`-n auto`: one worker per core, at most MAX_WORKERS; one core means no parallelism to gain."""
     return min(MAX_WORKERS, len(allowed_cores()))
@@ -82,12 +59,45 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "all_cores: needs every core of the machine (tensor parallelism)")
     worker = os.environ.get("PYTEST_XDIST_WORKER")
-    if worker is None or not hasattr(os, "sched_setaffinity"):
+    if worker is None or BIND_ENV in os.environ:  # not parallel, or the developer chose a binding
         return
-    all_cores = allowed_cores()
-    mine = cores_of_worker(all_cores, int(worker.removeprefix("gw")), int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
-    os.environ["WORKBOOK_TEST_ALL_CORES"] = ",".join(map(str, all_cores))
-    os.sched_setaffinity(0, mine)
+    mine = cores_of_worker(allowed_cores(), int(worker.removeprefix("gw")), int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ[BIND_ENV] = os.environ[WORKER_BIND_ENV] = ",".join(map(str, mine))
+
+
+@contextmanager
+def on_own_cores() -> Iterator[None]:
+    """Run the block with this worker's binding, even inside a TP test that lifted it.
+
+    Why: a session fixture (the shared engine, the shared server) is built inside whichever test
+    first asks for it, possibly a tensor-parallel one; it would then bind as if it had every core.
+    """
+    mine = os.environ.get(WORKER_BIND_ENV)
+    before = os.environ.get(BIND_ENV)
+    if mine is None or before == mine:
+        yield
+        return
+    os.environ[BIND_ENV] = mine
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(BIND_ENV, None)
+        else:
+            os.environ[BIND_ENV] = before
+
+
+@contextmanager
+def _on_every_core() -> Iterator[None]:
+    """Lift this worker's binding: TP ranks get one core each, as the workbook binds them."""
+    if os.environ.get(BIND_ENV) != os.environ.get(WORKER_BIND_ENV) or WORKER_BIND_ENV not in os.environ:
+        yield
+        return
+    os.environ.pop(BIND_ENV)
+    try:
+        yield
+    finally:
+        os.environ[BIND_ENV] = os.environ[WORKER_BIND_ENV]
 
 
 def group_of(item: pytest.Item) -> str:
@@ -116,38 +126,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items.sort(key=lambda item: 0 if group_of(item).startswith("notebook-") else 1 if group_of(item) == "debuggers" else 2)
 
 
-def _widened() -> Iterator[None]:
-    cores = os.environ.get("WORKBOOK_TEST_ALL_CORES")
-    if not cores or not hasattr(os, "sched_setaffinity"):
-        yield
-        return
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {int(c) for c in cores.split(",")})
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _all_cores_for_marked_modules(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Before the module's own fixtures (autouse comes first in a scope): a module's TP engine gets every core."""
-    if _module_mark(request):
-        yield from _widened()
-    else:
-        yield
-
-
 def _module_mark(request: pytest.FixtureRequest) -> bool:
     mark = getattr(request.module, "pytestmark", None)
     marks = mark if isinstance(mark, list) else [mark] if mark is not None else []
     return any(getattr(m, "name", "") == "all_cores" for m in marks)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _all_cores_for_marked_modules(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Before the module's own fixtures (autouse comes first in a scope): a module's TP engine gets every core."""
+    if _module_mark(request):
+        with _on_every_core():
+            yield
+    else:
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _all_cores_for_marked_tests(request: pytest.FixtureRequest) -> Iterator[None]:
     if request.node.get_closest_marker("all_cores") is not None and not _module_mark(request):
-        yield from _widened()
+        with _on_every_core():
+            yield
     else:
         yield
 
@@ -156,4 +155,4 @@ if __name__ == "__main__":
     cores = allowed_cores()
     n = min(MAX_WORKERS, len(cores))
     for i in range(n):
-        print(f"gw{i}: cores {cores_of_worker(cores, i, n)}")
+        print(f"gw{i}: {BIND_ENV}={','.join(map(str, cores_of_worker(cores, i, n)))}")
