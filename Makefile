@@ -77,10 +77,10 @@ doctor: $(SETUP_STAMP)
 demo: setup
 	$(PY) -m labs.demo
 
-# -n auto: one pytest worker per core (at most 4), each pinned to its own cores (tests/workers.py).
+# -n auto: one pytest worker per core (at most 4), a module or notebook per worker at a time (tests/workers.py).
 test: setup
 	@bash tests/install_browser.sh $(PY)
-	$(PY) -m pytest tests -n auto --dist loadgroup
+	$(PY) -m pytest tests -n auto
 
 lab: setup
 	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --ServerApp.root_dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)

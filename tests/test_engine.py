@@ -136,3 +136,18 @@ def test_a_tp2_thread_binding_does_not_leak_into_the_next_engine(monkeypatch: py
     assert "VLLM_CPU_OMP_THREADS_BIND" not in os.environ, "the TP=2 binding was removed"
     assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "3", "what the user exported is kept"
     assert "VLLM_CPU_OMP_THREADS_BIND" not in plan_run(tensor_parallel_size=1).settings.env
+
+
+@pytest.mark.engine
+def test_freeing_one_engine_leaves_another_running(llm: Any) -> None:
+    """A notebook or a test session holds several in-process engines; freeing one must not tear down
+    vLLM's process-wide distributed state under the others ("pipeline model parallel group is not
+    initialized" on their next step)."""
+    from vllm import SamplingParams
+
+    from labs.core.engine import free_llm, make_llm
+
+    other = make_llm("tiny-phrasebook", inspectable=True, verbose=False)
+    free_llm(other)
+    (out,) = llm.generate(["おはようございます。"], SamplingParams(temperature=0.0, max_tokens=2), use_tqdm=False)
+    assert len(out.outputs[0].token_ids) == 2

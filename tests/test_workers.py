@@ -34,9 +34,18 @@ def test_an_all_cores_test_has_no_worker_binding_and_fixtures_can_take_it_back()
     assert BIND_ENV not in os.environ
 
 
+def test_groups_from_node_ids() -> None:
+    assert group_of("tests/test_notebooks.py::test_notebook_executes[06_profiling.ipynb]") == "notebook-06_profiling.ipynb"
+    assert group_of("tests/test_notebooks.py::test_notebook_runs_again_in_the_same_working_copy[06_profiling.ipynb]") \
+        == "notebook-06_profiling.ipynb"
+    assert group_of("tests/test_notebooks.py::test_lab1_shows_live_engine_values") == "notebook-01_basic_inference.ipynb"
+    assert group_of("tests/test_ipdb.py::test_x") == group_of("tests/test_lab4_tp_debug_ports.py::test_y") == "debuggers"
+    assert group_of("tests/exercises/test_lab2_kv_cache.py::test_z[a::b]") == "tests/exercises/test_lab2_kv_cache.py"
+
+
 def test_a_notebooks_tests_share_one_group(request: pytest.FixtureRequest) -> None:
     items = [i for i in request.session.items if i.path.name == "test_notebooks.py"]
     if not items:
         pytest.skip("tests/test_notebooks.py is not collected in this run")
-    groups = {group_of(i) for i in items if "02_paged_attention.ipynb" in i.nodeid}
+    groups = {group_of(i.nodeid) for i in items if "02_paged_attention.ipynb" in i.nodeid}
     assert groups == {"notebook-02_paged_attention.ipynb"}

@@ -12,7 +12,7 @@ notebook 06's second run took 146 s pinned against 39 s in a serial run. The far
 that motivated the split (two notebooks side by side 0.29x the wall time of one after the other)
 came from separating the engines' compute, which this keeps.
 
-Why groups (`--dist loadgroup`): a test module's module- and session-scoped fixtures (an engine, a
+Why groups (`pytest_xdist_make_scheduler` below): a test module's module- and session-scoped fixtures (an engine, a
 recorded run) are set up once per worker that runs any of its tests, so every module goes to one
 worker whole; the notebook tests are one group per notebook (its first run, its rerun and its run
 on another model share the working copy); the tests that drive debuggers share a group.
@@ -100,30 +100,48 @@ def _on_every_core() -> Iterator[None]:
         os.environ[BIND_ENV] = os.environ[WORKER_BIND_ENV]
 
 
-def group_of(item: pytest.Item) -> str:
-    """The xdist group of a test: its notebook, the debuggers' group, or its module."""
-    path = item.path.name
-    if path == "test_notebooks.py":
-        found = _NOTEBOOK_PARAM.search(item.nodeid)
-        name = found.group(1) if found else item.name
-        if "lab1" in item.name:
-            name = "01_basic_inference.ipynb"  # reads the executed notebook 01
-        return f"notebook-{name}"
-    if path in DEBUGGER_MODULES:
+def group_of(nodeid: str) -> str:
+    """The group a test runs in, from its node id: its notebook, the debuggers' group, or its module."""
+    path, _, name = nodeid.partition("::")
+    file = path.rsplit("/", 1)[-1]
+    if file == "test_notebooks.py":
+        found = _NOTEBOOK_PARAM.search(name)
+        if "lab1" in name:
+            return "notebook-01_basic_inference.ipynb"  # reads the executed notebook 01
+        return f"notebook-{found.group(1) if found else name}"
+    if file in DEBUGGER_MODULES:
         return "debuggers"
-    return str(item.path.relative_to(item.config.rootpath))
+    return path
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns the marks into node ids
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """xdist's scope scheduling with `group_of` as the scope: a group goes to one worker whole.
+
+    Why our own and not `--dist loadgroup`: xdist 3.8 marks a group by rewriting `item._nodeid`,
+    which pytest 9.2 no longer reads (node ids derive from `Node._id`), so its groups are silently
+    ignored and a module's tests land on both workers.
+    """
+    if config.getvalue("dist") not in ("load", "loadscope", "loadgroup"):
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return group_of(nodeid)
+
+    return GroupScheduling(config, log)
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        item.add_marker(pytest.mark.xdist_group(group_of(item)))
         if any(nb in item.nodeid for nb in ALL_CORES_NOTEBOOKS):
             item.add_marker(pytest.mark.all_cores)
     # Longest groups first (a notebook's runs take minutes): the workers finish together instead of
     # one running the last notebook alone. Stable, so tests keep their order inside a group.
     if os.environ.get("PYTEST_XDIST_WORKER"):  # every worker collects, and all must agree on the order
-        items.sort(key=lambda item: 0 if group_of(item).startswith("notebook-") else 1 if group_of(item) == "debuggers" else 2)
+        rank = lambda item: 0 if group_of(item.nodeid).startswith("notebook-") else 1 if group_of(item.nodeid) == "debuggers" else 2  # noqa: E731
+        items.sort(key=rank)
 
 
 def _module_mark(request: pytest.FixtureRequest) -> bool:

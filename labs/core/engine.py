@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import os
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,10 @@ from typing import Any
 from labs.core.engine_settings import EngineSettings, engine_settings
 from labs.core.hardware import Hardware, detect_hardware
 from labs.core.models.resolve import ResolvedModel, resolve_model
+
+# Engines made by make_llm and not yet freed: vLLM's distributed state is process-wide, and only
+# the last engine's free may tear it down (a notebook, a test session hold several at once).
+_live_engines: weakref.WeakSet[Any] = weakref.WeakSet()
 
 DEFAULT_MAX_MODEL_LEN = 2048  # labs never need more; a small limit keeps the KV cache per request small
 
@@ -118,6 +123,7 @@ def make_llm(model: str | None = None, *, block_size: int | None = None, kv_cach
     quiet_vllm_logs()  # vLLM's handlers exist once it is imported
     kwargs = {**run.settings.engine_kwargs, "max_model_len": max_model_len, **engine_kwargs}
     llm = LLM(model=run.model.path, **kwargs)
+    _live_engines.add(llm)
     llm.workbook_run_info = run
     return llm
 
@@ -129,18 +135,22 @@ def free_llm(llm: Any) -> None:
     worker processes or threads, the KV cache and the weights, and a new `LLM` in the same kernel
     fails or runs out of memory until they are released.
 
-    It also tears down vLLM's process-wide distributed state, so free the engines of a process
-    one at a time: an engine still running beside the freed one stops working.
+    It also tears down vLLM's process-wide distributed state, but only with the last engine of the
+    process that make_llm made: torn down under a running engine, its next step fails with
+    "pipeline model parallel group is not initialized".
     """
     from labs.core.vllm_internals import cleanup_dist_env_and_memory, shutdown_engine_core
 
-    shutdown_engine_core(llm)
+    _live_engines.discard(llm)
+    others_alive = len(_live_engines) > 0
+    shutdown_engine_core(llm, keep_process_state=others_alive)
     try:
         del llm.llm_engine
     except AttributeError:
         pass
     gc.collect()
-    cleanup_dist_env_and_memory()
+    if not others_alive:
+        cleanup_dist_env_and_memory()
     try:
         import torch
 

@@ -27,7 +27,7 @@ def disable_envs_cache() -> None:
     vllm.envs.disable_envs_cache()
 
 
-def shutdown_engine_core(llm_or_engine: Any) -> None:
+def shutdown_engine_core(llm_or_engine: Any, keep_process_state: bool = False) -> None:
     """Stop the engine core of an `LLM` (or `LLMEngine`): its busy loop, worker processes or threads.
 
     Why: dropping the last reference is not enough while the core's own threads and processes
@@ -35,11 +35,33 @@ def shutdown_engine_core(llm_or_engine: Any) -> None:
 
     Args:
         llm_or_engine: a `vllm.LLM` or its `llm_engine`; one with no engine yet is left alone.
+        keep_process_state: for an in-process engine (`InprocClient`), stop it without vLLM's
+            teardown of the process-wide distributed state: `EngineCore.shutdown`
+            (vllm/v1/engine/core.py) ends with `cleanup_dist_env_and_memory()`, which breaks every
+            other in-process engine of the process ("pipeline model parallel group is not
+            initialized"). The client's finalizer is detached, so garbage collection does not
+            run that teardown later either.
     """
+    import gc
+
     engine = getattr(llm_or_engine, "llm_engine", llm_or_engine)
     client = getattr(engine, "engine_core", None)
-    if client is not None:
-        client.shutdown()
+    if client is None:
+        return
+    core = getattr(client, "engine_core", None)
+    if keep_process_state and type(client).__name__ == "InprocClient" and core is not None:
+        finalizer = getattr(client, "_finalizer", None)
+        if finalizer is not None:
+            finalizer.detach()
+        # EngineCore.shutdown, less its last line (cleanup_dist_env_and_memory)
+        core.structured_output_manager.clear_backend()
+        if core.model_executor:
+            core.model_executor.shutdown()
+        if core.scheduler:
+            core.scheduler.shutdown()
+        gc.unfreeze()
+        return
+    client.shutdown()
 
 
 def cleanup_dist_env_and_memory() -> None:
