@@ -18,7 +18,7 @@ CONFLICTING_WITH_CPU_TORCH = ("torchvision", "torchaudio", "torchcodec")
 PLUGIN_GROUP = "vllm.general_plugins"
 # pyproject.toml's [project.entry-points."vllm.general_plugins"] (tests/test_doctor.py keeps them equal):
 # a debugpy listener per TP worker (Lab 4), and breakpoint() in processes without a terminal.
-WORKBOOK_PLUGINS = ("workbook_debug_workers", "workbook_breakpoints")
+WORKBOOK_PLUGINS = ("workbook_debug_workers", "workbook_breakpoints", "workbook_kernel_scan_guard")
 
 
 class InstallError(WorkbookError):

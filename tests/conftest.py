@@ -107,6 +107,8 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
     try:
         return (yield)
     finally:
-        if _last_server_user and item.nodeid == _last_server_user[0]:
+        # Under pytest-xdist a worker runs only some groups, in its own order: "last in the collection"
+        # says nothing about this worker's last user, so the server stops with the session there.
+        if _last_server_user and item.nodeid == _last_server_user[0] and "PYTEST_XDIST_WORKER" not in os.environ:
             for server in list(_shared_servers):
                 server.stop(echo=lambda _: None)

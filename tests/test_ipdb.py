@@ -78,7 +78,8 @@ def main() -> int:
     from vllm import LLM, SamplingParams
 
     llm = LLM(model={model!r}, enforce_eager=True, max_model_len=512)
-    out = llm.generate(["こんにちは"], SamplingParams(temperature=0.0, max_tokens=8))
+    # no progress bar: its redraws share the terminal with the engine core's sentence and can cut it
+    out = llm.generate(["こんにちは"], SamplingParams(temperature=0.0, max_tokens=8), use_tqdm=False)
     print("GENERATED", len(out[0].outputs[0].token_ids), "tokens")
     llm.llm_engine.engine_core.shutdown()  # end cleanly, so a debugger is not left in shutdown code
     return 0

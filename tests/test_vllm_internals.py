@@ -170,7 +170,7 @@ def test_an_engine_starts_in_a_process_that_imported_numba() -> None:
                                      text=True, timeout=300, env={**os.environ, **env})
     guarded = run({})
     assert "STARTED True" in guarded.stdout, guarded.stdout[-2000:] + guarded.stderr[-3000:]
-    unguarded = run({"VLLM_PLUGINS": "workbook_debug_workers,workbook_breakpoints"})
+    unguarded = run({"VLLM_PLUGINS": "workbook_debug_workers,workbook_breakpoints"})  # all but the guard
     assert unguarded.returncode != 0 and "'_lib_fn_wrapper' object has no attribute 'get'" in unguarded.stderr, (
         "vLLM no longer trips on llvmlite: drop guard_kernel_override_scan and its plugin entry\n"
         + unguarded.stderr[-2000:])
