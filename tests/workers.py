@@ -24,6 +24,7 @@ workbook binds one core per rank as it does for a learner.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Iterator
@@ -66,18 +67,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @contextmanager
-def on_own_cores() -> Iterator[None]:
-    """Run the block with this worker's binding, even inside a TP test that lifted it.
-
-    Why: a session fixture (the shared engine, the shared server) is built inside whichever test
-    first asks for it, possibly a tensor-parallel one; it would then bind as if it had every core.
-    """
-    mine = os.environ.get(WORKER_BIND_ENV)
+def _binding(value: str | None) -> Iterator[None]:
+    """`VLLM_CPU_OMP_THREADS_BIND` set to `value` (None: unset) for the block, then restored."""
     before = os.environ.get(BIND_ENV)
-    if mine is None or before == mine:
-        yield
-        return
-    os.environ[BIND_ENV] = mine
+    if value is None:
+        os.environ.pop(BIND_ENV, None)
+    else:
+        os.environ[BIND_ENV] = value
     try:
         yield
     finally:
@@ -87,17 +83,21 @@ def on_own_cores() -> Iterator[None]:
             os.environ[BIND_ENV] = before
 
 
-@contextmanager
-def _on_every_core() -> Iterator[None]:
-    """Lift this worker's binding: TP ranks get one core each, as the workbook binds them."""
-    if os.environ.get(BIND_ENV) != os.environ.get(WORKER_BIND_ENV) or WORKER_BIND_ENV not in os.environ:
-        yield
-        return
-    os.environ.pop(BIND_ENV)
-    try:
-        yield
-    finally:
-        os.environ[BIND_ENV] = os.environ[WORKER_BIND_ENV]
+def on_own_cores() -> contextlib.AbstractContextManager[None]:
+    """The block runs with this worker's binding, even inside a TP test that lifted it.
+
+    Why: a session fixture (the shared engine, the shared server) is built inside whichever test
+    first asks for it, possibly a tensor-parallel one; it would then bind as if it had every core.
+    """
+    mine = os.environ.get(WORKER_BIND_ENV)
+    return contextlib.nullcontext() if mine is None else _binding(mine)
+
+
+def _on_every_core() -> contextlib.AbstractContextManager[None]:
+    """This worker's binding lifted: TP ranks get one core each, as the workbook binds them."""
+    if WORKER_BIND_ENV not in os.environ or os.environ.get(BIND_ENV) != os.environ[WORKER_BIND_ENV]:
+        return contextlib.nullcontext()  # not ours to lift (no workers, or the developer's own binding)
+    return _binding(None)
 
 
 def group_of(nodeid: str) -> str:

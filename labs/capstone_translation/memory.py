@@ -92,7 +92,7 @@ def learn_terms(pairs: list[tuple[str, str]], known: set[str]) -> dict[str, str]
     """
     learned: dict[str, str] = {}
     for term in candidate_terms("\n".join(source for source, _ in pairs)):
-        if term in known or any(term in k for k in known):
+        if any(term in k for k in known):
             continue  # part of a glossary term (エンジン in 推論エンジン): the glossary already decides it
         positives = [zh for ja, zh in pairs if term in ja]
         if len(positives) < MIN_CHUNKS:

@@ -81,14 +81,13 @@ class ShardedMLP(nn.Module):
         return outputs[0]
 
 
-def shard_mlps(model: nn.Module, world_size: int) -> ThreadPoolExecutor:
+def shard_mlps(model: nn.Module, world_size: int) -> None:
     """Replace every decoder layer's `mlp` of `model` by a `ShardedMLP` over `world_size` ranks.
 
-    Returns:
-        The rank threads' pool (shut it down with the engine).
+    The layers share one pool of rank threads; it lives as long as the model (its idle threads end
+    when the model is freed).
     """
     pool = ThreadPoolExecutor(max_workers=world_size, thread_name_prefix="tp-rank")
     for layer in model.model.layers:
         mlp = layer.mlp
         layer.mlp = ShardedMLP(mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight, world_size, pool)
-    return pool
