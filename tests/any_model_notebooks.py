@@ -49,6 +49,16 @@ ANY_MODEL_NOTEBOOKS: dict[str, Expectation] = {
         "models/tiny-llama", "fp8 (calibrated scales)", "shown, not judged")),
     "06_profiling.ipynb": Expectation((
         "models/tiny-llama", "engine steps in the trace", "memory bandwidth")),
+    "07_speculative_decoding.ipynb": Expectation((
+        "models/tiny-llama", "tiny-llama has random weights: its answers repeat one token",
+        "repeating: n-gram took", "vLLM's counters during the run")),
+    "08_structured_outputs.ipynb": Expectation((
+        "models/tiny-llama", "token ids the JSON schema allows at the first step", "max_tokens=64: finish_reason=")),
+    "09_multi_lora.ipynb": Expectation((
+        "VLLM_MODEL selects 'tiny-llama', but this lab runs on tiny-phrasebook whatever it says",
+        "models/tiny-phrasebook", "mixed batch")),
+    "10_failure_injection.ipynb": Expectation((
+        "models/tiny-llama", "Preemption storm:", "the knob that ends the storm", "[hung] diagnosed: hung")),
 }
 
 

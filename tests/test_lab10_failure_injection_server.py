@@ -24,7 +24,7 @@ def captured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     log_dir: Path = tmp_path_factory.mktemp("lab10") / "server"
     server = sf.start_fault_server(log_dir, echo=lambda _: None)
     try:
-        states = scenarios.capture_states(server, echo=lambda _: None)
+        states = scenarios.capture_states(server)
         yield {"server": server, "states": {s.label: s for s in states}}
     finally:
         sf.stop_server(server, echo=lambda _: None)
@@ -99,3 +99,18 @@ def test_restart_without_the_injection_serves_again(captured: dict[str, Any]) ->
         f"the stop hint names this server's folder, not the default server's make vllm-stop:\n{said}"
     assert "UP" in sf.status_line(server)
     assert all(sf.alive(server.procs).values())
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("label", ["hung", "crashed"])
+def test_the_hang_and_crash_commands_print_the_diagnosis(captured: dict[str, Any], classify: Any, label: str) -> None:
+    """`python -m labs.lab10_failure_injection hang|crash` print `scenarios.report` of the state their
+    `scenarios.hang` / `scenarios.crash` step reads: the same steps this module's server went through."""
+    text = "\n".join(scenarios.report(captured["states"][label], classify))
+    assert text.startswith(f"[{label}] diagnosed: {label}\n"), text
+    if label == "hung":
+        assert "Where it waits, from py-spy:" in text and "Fix: remove the injection" in text, text
+        assert "a new request, client side: client timeout" in text, text
+    else:
+        assert "processes: api_server DEAD" in text and "Fix: restart; the pid file is stale" in text, text
+        assert "killed with SIGKILL; the request in flight, client side: ['HTTP 500" in text, text

@@ -17,7 +17,6 @@ Every server runs on a free port with its own log folder under runs/lab10/ and i
 from __future__ import annotations
 
 import argparse
-import time
 
 from labs.core.grading import load_implementation
 
@@ -39,32 +38,22 @@ def kv_storm() -> int:
 
 
 def server_fault(kind: str) -> int:
+    """A server of its own through one failure (the same `scenarios.hang` / `scenarios.crash` steps the
+    tests capture), the lab's diagnosis of it, then the fix."""
     from labs.lab10_failure_injection import scenarios, server_faults as sf
 
     classify = load_implementation("lab10_failures").classify_server_state
     server = sf.start_fault_server(sf.FAULTS_DIR / kind)
     try:
         print("healthy first:", sf.send_completion(server, 8, 60))
-        server.pause_file.write_text(f"{scenarios.SLOW_STEP_S}")  # slow steps: the request is still running below
-        in_flight, results = sf.in_background(server, 1, scenarios.LONG_REQUEST_TOKENS, 120)
-        time.sleep(1.0)
+        in_flight, results = scenarios.start_long_request(server)  # slow steps: the request is still running below
         if kind == "hang":
-            server.pause_file.write_text("")
-            print(f"injected: {server.pause_file} exists and is empty, so the worker holds the step it is sent")
-            seen = sf.send_completion(server, 8, scenarios.CLIENT_TIMEOUT_S)
-            state = sf.observe(server, "hung", 3.0, dump=True)
-            state.notes.append(f"a new request, client side: {seen}")
+            print(f"injecting: {server.pause_file} made empty, so the worker holds the step it is sent")
+            state = scenarios.hang(server)
         else:
-            pid = sf.kill_worker(server)
-            print(f"killed the worker (pid {pid}) with SIGKILL while a request was generating")
-            sf.wait_for(lambda: not sf.alive(server.procs)["api_server"], 60)
-            for t in in_flight:
-                t.join(30)
-            state = sf.observe(server, "crashed", 1.0)
-            state.notes.append(f"the request in flight, client side: {results}")
-            state.notes += [f"log: {line}" for line in sf.log_tail(server, 12)]
-            state.notes.append("serve status: " + sf.status_line(server).replace("\n", " | "))
-        print("\n".join(scenarios.diagnose(state, classify(state.before, state.after, state.processes))))
+            print("killing the worker with SIGKILL while a request is generating")
+            state = scenarios.crash(server, in_flight, results)
+        print("\n".join(scenarios.report(state, classify)))
         print("fix: stop what is left and start again without the injection ...")
         print("after the restart, a request:", scenarios.recover(server))
     finally:
@@ -82,7 +71,7 @@ def record_states() -> int:
         sf.stop_server(server)
     classify = load_implementation("lab10_failures").classify_server_state
     for state in states:
-        print("\n".join(scenarios.diagnose(state, classify(state.before, state.after, state.processes))))
+        print("\n".join(scenarios.report(state, classify)))
     print("written:", scenarios.save_states(states))
     return 0
 

@@ -29,39 +29,60 @@ LONG_REQUEST_TOKENS = 2000  # the server's max_model_len is 2048
 SLOW_STEP_S = 0.02  # while the states are read, each step is held this long: >= 40 s per request
 
 
-def capture_states(server: FaultServer, *, dump_hung: bool = True, echo: Any = print) -> list[ServerState]:
-    """Put the server through the four states; returns one `ServerState` per state, in order.
+def start_long_request(server: FaultServer) -> tuple[list[Any], list[str]]:
+    """Every step held SLOW_STEP_S and one long request (EOS ignored) in flight: it outlasts the
+    readings however fast the machine, so each state builds on the last and a crash meets it mid-run.
 
-    The server must have been started with the pause armed (`start_fault_server`); it is dead at
-    the end (the worker was killed).
+    Returns:
+        The request's thread(s) and the list its client-side result lands in.
     """
-    states: list[ServerState] = []
-    # Every step held SLOW_STEP_S and long requests (EOS ignored): the requests outlast the readings
-    # however fast the machine, each state builds on the last, and the crash ends them all.
     server.pause_file.write_text(f"{SLOW_STEP_S}")
     in_flight, in_flight_results = in_background(server, 1, LONG_REQUEST_TOKENS, 120)
     time.sleep(1.0)
-    states.append(observe(server, "running", 2.0))
-    in_background(server, 6, LONG_REQUEST_TOKENS, 120)  # 7 requests for --max-num-seqs 2: a queue
-    time.sleep(1.0)
-    states.append(observe(server, "overloaded", 2.0))
+    return in_flight, in_flight_results
 
-    server.pause_file.write_text("")  # empty: from the next step on, the worker holds the step it is sent
+
+def hang(server: FaultServer, *, dump: bool = True) -> ServerState:
+    """Arm the pause (an empty pause file: the worker holds the step it is sent) and read the hung server.
+
+    Also sends a new request with the operator's client timeout, and notes what the client saw.
+    """
+    server.pause_file.write_text("")
     seen = send_completion(server, 8, CLIENT_TIMEOUT_S)
-    hung = observe(server, "hung", 3.0, dump=dump_hung)
+    hung = observe(server, "hung", 3.0, dump=dump)
     hung.notes.append(f"a new request, client side: {seen}")
-    states.append(hung)
+    return hung
 
+
+def crash(server: FaultServer, in_flight: list[Any], in_flight_results: list[str]) -> ServerState:
+    """Kill the worker with SIGKILL mid-run and read what is left: processes, the client in flight,
+    the log's last lines and `serve status`. The server is dead afterwards."""
     killed = kill_worker(server)  # mid-run: the in-flight request's step never returns
     wait_for(lambda: not alive(server.procs)["api_server"], 60)
     for t in in_flight:
         t.join(30)
     crashed = observe(server, "crashed", 1.0)
-    crashed.notes.append(f"worker pid {killed} killed with SIGKILL; the first request, still in flight, client "
-                         f"side: {in_flight_results}")
+    crashed.notes.append(f"worker pid {killed} killed with SIGKILL; the request in flight, client side: "
+                         f"{in_flight_results}")
     crashed.notes += [f"log: {line}" for line in log_tail(server, 12)]
     crashed.notes.append("serve status: " + status_line(server).replace("\n", " | "))
-    states.append(crashed)
+    return crashed
+
+
+def capture_states(server: FaultServer, *, dump_hung: bool = True) -> list[ServerState]:
+    """Put the server through the four states; returns one `ServerState` per state, in order.
+
+    The server must have been started with the pause armed (`start_fault_server`); it is dead at
+    the end (the worker was killed). `python -m labs.lab10_failure_injection hang|crash` run the
+    same `hang` and `crash` steps on a server of their own.
+    """
+    in_flight, in_flight_results = start_long_request(server)
+    states = [observe(server, "running", 2.0)]
+    in_background(server, 6, LONG_REQUEST_TOKENS, 120)  # 7 requests for --max-num-seqs 2: a queue
+    time.sleep(1.0)
+    states.append(observe(server, "overloaded", 2.0))
+    states.append(hang(server, dump=dump_hung))
+    states.append(crash(server, in_flight, in_flight_results))
     server.pause_file.unlink(missing_ok=True)
     return states
 
@@ -101,6 +122,11 @@ def where_stuck(state: ServerState) -> list[str]:
             inner = " <- ".join(thread.frames[:3])
             lines.append(f"  {thread.process.split()[0]} pid {thread.pid}: {inner}\n    ({role})")
     return lines
+
+
+def report(state: ServerState, classify: Any) -> list[str]:
+    """What the lab prints for a state: the learner's (or the reference) classifier's label, then the diagnosis."""
+    return diagnose(state, classify(state.before, state.after, state.processes))
 
 
 def diagnose(state: ServerState, label: str) -> list[str]:

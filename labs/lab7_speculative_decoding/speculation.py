@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from labs.core.model_traits import model_traits
 from labs.core.models.phrasebook import load_phrasebook, translation_messages
 from labs.core.models.prompt_format import PromptTemplate
 from labs.core.vllm_internals.spec_decode import (
@@ -230,6 +231,22 @@ def request_contexts(run: WorkloadRun, request_index: int = 0) -> list[tuple[int
             out.append((i, list(context), step.draft_token_ids.get(req_id, []), kept))
             context += kept
     return out
+
+
+def workload_note(llm: Any) -> str | None:
+    """One sentence when the engine's model cannot show the repeating/non-repeating contrast (None: it can).
+
+    Why: the contrast rests on the answer. tiny-phrasebook copies the prompt's glossary line and
+    writes a fresh translation otherwise; a model that loops accepts drafts on any text.
+    """
+    traits = model_traits(llm)
+    if traits.random_weights:
+        return (f"{traits.name} has random weights: its answers repeat one token, so n-gram drafts are accepted on the "
+                "'non-repeating' text too; the two workloads differ only for a model that translates (shown, not judged).")
+    if not traits.knows_phrasebook:
+        return (f"{traits.name} was not trained on the phrasebook: how much the 'repeating' workload gains depends on "
+                "whether its answers copy the glossary in the prompt.")
+    return None
 
 
 def speed_summary(table: pd.DataFrame, cost: pd.DataFrame, num_speculative_tokens: int) -> list[str]:

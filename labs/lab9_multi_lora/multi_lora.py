@@ -11,8 +11,10 @@ adapters in one batch costs, and builds the server flags that do the same over H
 from __future__ import annotations
 
 import functools
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -32,8 +34,24 @@ MAX_LORAS = len(ADAPTER_NAMES) + 1
 ADAPTER_IDS = {name: i for i, name in enumerate(ADAPTER_NAMES, start=1)}  # engine-wide ids, >= 1
 
 
+def other_model_note() -> str | None:
+    """One sentence when `VLLM_MODEL` asks for another model than the one the adapters fit (None: it does not)."""
+    asked = os.environ.get("VLLM_MODEL")
+    if not asked or Path(asked).name == LAB_MODEL:
+        return None
+    return (f"VLLM_MODEL selects {asked!r}, but this lab runs on {LAB_MODEL} whatever it says: a LoRA adapter is a "
+            f"low-rank delta to the exact weights it was trained on, and the shipped adapters were trained on "
+            f"{LAB_MODEL}'s (to serve your own model's adapters, pass them to `--lora-modules`).")
+
+
 def make_lora_llm(max_loras: int = MAX_LORAS, max_lora_rank: int = MAX_LORA_RANK, **engine_kwargs: Any) -> Any:
-    """An in-process engine on tiny-phrasebook with LoRA enabled (`max_loras` slots at `max_lora_rank`)."""
+    """An in-process engine on tiny-phrasebook with LoRA enabled (`max_loras` slots at `max_lora_rank`).
+
+    Prints `other_model_note()` first when the learner's `VLLM_MODEL` names another model.
+    """
+    note = other_model_note()
+    if note:
+        print(note)
     return make_llm(LAB_MODEL, enable_lora=True, max_loras=max_loras, max_lora_rank=max_lora_rank,
                     inspectable=True, **engine_kwargs)
 
