@@ -8,6 +8,9 @@ predictions against the live values (a wrong guess called wrong).
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 from typing import Any, Iterator
 
 import pytest
@@ -26,13 +29,43 @@ NAME = "お名前を教えていただけますか？"  # 您 in the phrasebook:
 WHERE = "両替所はどこですか？"  # 哪里 in the phrasebook: the glossary says 哪儿
 
 
+ANOTHER_MODEL = "tiny-llama"  # what a learner's VLLM_MODEL might say: the lab must still run tiny-phrasebook
+_said: list[str] = []
+
+
 @pytest.fixture(scope="module")
 def lora_llm() -> Iterator[Any]:
+    """The module's engine, made while VLLM_MODEL names another model (as notebook 09 would meet it)."""
     from labs.core.engine import free_llm
 
-    llm = ml.make_lora_llm(verbose=False)
+    before = os.environ.get("VLLM_MODEL")
+    os.environ["VLLM_MODEL"] = ANOTHER_MODEL
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            llm = ml.make_lora_llm(verbose=False)
+    finally:
+        if before is None:
+            os.environ.pop("VLLM_MODEL", None)
+        else:
+            os.environ["VLLM_MODEL"] = before
+    _said.append(out.getvalue())
     yield llm
     free_llm(llm)
+
+
+def test_another_vllm_model_is_named_in_one_sentence_and_the_lab_runs_tiny_phrasebook(lora_llm: Any) -> None:
+    from labs.core.model_traits import model_traits
+
+    assert model_traits(lora_llm).name == ml.LAB_MODEL
+    assert f"VLLM_MODEL selects '{ANOTHER_MODEL}', but this lab runs on {ml.LAB_MODEL} whatever it says" in _said[0]
+
+
+def test_no_note_when_vllm_model_is_unset_or_the_labs_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VLLM_MODEL", raising=False)
+    assert ml.other_model_note() is None
+    monkeypatch.setenv("VLLM_MODEL", f"/somewhere/models/{ml.LAB_MODEL}")
+    assert ml.other_model_note() is None
 
 
 @pytest.fixture(scope="module")

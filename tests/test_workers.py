@@ -14,6 +14,7 @@ def test_cores_are_split_into_contiguous_disjoint_shares() -> None:
     assert [cores_of_worker(list(range(5)), i, 2) for i in range(2)] == [[0, 1, 2], [3, 4]]
     assert [cores_of_worker([0, 1, 2, 3], i, 3) for i in range(3)] == [[0, 1], [2], [3]]
     assert cores_of_worker([7], 1, 2) == [7], "more workers than cores: share the one there is"
+    assert [cores_of_worker([0, 1], i, 3) for i in range(3)] == [[0], [1], [0]], "one core each, shared round robin"
 
 
 def test_this_workers_engines_bind_to_its_share() -> None:

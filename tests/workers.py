@@ -46,10 +46,16 @@ def allowed_cores() -> list[int]:
 
 
 def cores_of_worker(cores: list[int], index: int, num_workers: int) -> list[int]:
-    """Worker `index`'s contiguous share of `cores` (the first workers get one more when it does not divide)."""
+    """Worker `index`'s contiguous share of `cores` (the first workers get one more when it does not divide).
+
+    More workers than cores: worker i shares core i mod len(cores) with the others on it, so every
+    engine still computes on one core and no core is left without a worker.
+    """
+    if num_workers > len(cores):
+        return [cores[index % len(cores)]]
     per, extra = divmod(len(cores), num_workers)
     start = index * per + min(index, extra)
-    return cores[start:start + per + (index < extra)] or cores
+    return cores[start:start + per + (index < extra)]
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
