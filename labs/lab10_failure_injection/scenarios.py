@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from labs.core.paths import REPO_ROOT
 from labs.core.serve import restart
 from labs.core.vllm_internals.failures import PAUSE_FILE_ENV
 from labs.core.debug.pyspy import ThreadDump, explain_thread
@@ -88,8 +89,13 @@ def capture_states(server: FaultServer, *, dump_hung: bool = True) -> list[Serve
 
 
 def save_states(states: list[ServerState], path: Path = RECORDED_STATES) -> Path:
-    """Write the states as JSON (the notebook and the exercises' grader read them back)."""
-    path.write_text(json.dumps([s.to_json() for s in states], indent=1, ensure_ascii=False) + "\n")
+    """Write the states as JSON (the notebook and the exercises' grader read them back).
+
+    Paths inside the recording's repository are written relative to it: the file is shipped, and a
+    learner's checkout lives elsewhere than the recorder's.
+    """
+    text = json.dumps([s.to_json() for s in states], indent=1, ensure_ascii=False)
+    path.write_text(text.replace(f"{REPO_ROOT}/", "") + "\n")
     return path
 
 
