@@ -34,7 +34,7 @@ import pytest
 
 from labs.core import bench
 from labs.core.bench.client import sse_messages
-from labs.core.bench.crosscheck import crosscheck, disturbed
+from labs.core.bench.crosscheck import crosscheck
 from labs.core.bench.monitor import COLUMNS
 from labs.core.serve import OwnedServer, status
 

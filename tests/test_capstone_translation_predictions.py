@@ -9,7 +9,6 @@ server reported per request and its KV block size.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest

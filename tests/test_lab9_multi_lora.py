@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 from typing import Any, Iterator
 
 import pytest
 import torch
 
+from labs.core.environ import environ_set
 from labs.core.models.adapters import apply_glossary
 from labs.core.models.phrasebook import load_phrasebook
 from labs.core.vllm_internals import lora as vi_lora
@@ -38,17 +38,9 @@ def lora_llm() -> Iterator[Any]:
     """The module's engine, made while VLLM_MODEL names another model (as notebook 09 would meet it)."""
     from labs.core.engine import free_llm
 
-    before = os.environ.get("VLLM_MODEL")
-    os.environ["VLLM_MODEL"] = ANOTHER_MODEL
     out = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out):
-            llm = ml.make_lora_llm(verbose=False)
-    finally:
-        if before is None:
-            os.environ.pop("VLLM_MODEL", None)
-        else:
-            os.environ["VLLM_MODEL"] = before
+    with environ_set("VLLM_MODEL", ANOTHER_MODEL), contextlib.redirect_stdout(out):
+        llm = ml.make_lora_llm(verbose=False)
     _said.append(out.getvalue())
     yield llm
     free_llm(llm)

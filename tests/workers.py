@@ -28,9 +28,10 @@ import contextlib
 import os
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
+
+from labs.core.environ import environ_set
 
 BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
 WORKER_BIND_ENV = "WORKBOOK_TEST_WORKER_BIND"  # this worker's binding, kept while a TP test lifts it
@@ -72,21 +73,9 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ[BIND_ENV] = os.environ[WORKER_BIND_ENV] = ",".join(map(str, mine))
 
 
-@contextmanager
-def _binding(value: str | None) -> Iterator[None]:
+def _binding(value: str | None) -> contextlib.AbstractContextManager[None]:
     """`VLLM_CPU_OMP_THREADS_BIND` set to `value` (None: unset) for the block, then restored."""
-    before = os.environ.get(BIND_ENV)
-    if value is None:
-        os.environ.pop(BIND_ENV, None)
-    else:
-        os.environ[BIND_ENV] = value
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(BIND_ENV, None)
-        else:
-            os.environ[BIND_ENV] = before
+    return environ_set(BIND_ENV, value)
 
 
 def on_own_cores() -> contextlib.AbstractContextManager[None]:

@@ -10,11 +10,11 @@ left and start the server again without the injection (`labs.core.serve.restart`
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
+from labs.core.environ import environ_set
 from labs.core.paths import REPO_ROOT
 from labs.core.serve import restart
 from labs.core.vllm_internals.failures import PAUSE_FILE_ENV
@@ -167,11 +167,7 @@ def recover(server: FaultServer, echo: Any = print) -> str:
     """The fix: restart the same server without the pause armed (`restart` stops what is left first); returns its status."""
     server.pause_file.unlink(missing_ok=True)
     config = server.config
-    armed = os.environ.pop(PAUSE_FILE_ENV, None)
-    try:
+    with environ_set(PAUSE_FILE_ENV, None):  # the restarted server must not arm the pause again
         restart(config, grace_s=10, timeout_s=600, echo=echo)
-    finally:
-        if armed is not None:
-            os.environ[PAUSE_FILE_ENV] = armed
     server.refresh()
     return send_completion(server, 8, 60)

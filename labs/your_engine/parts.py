@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 from labs.core.grading import ENGINE_ENV, ENGINE_PARTS, format_engine_setting, implementation_module_name, \
     parse_engine_setting
+from labs.core.environ import environ_set
 from labs.core.paths import REPO_ROOT
 from labs.progress import ENGINE_PART_TESTS, classify, run_graders
 
@@ -88,15 +87,6 @@ def _parts_from(run: Any, grade: str, graded: list[str]) -> Parts:
     return parts
 
 
-@contextmanager
-def engine_parts(parts: Parts) -> Iterator[None]:
+def engine_parts(parts: Parts) -> AbstractContextManager[None]:
     """$LABS_ENGINE set to `parts` while the mini engine is built and runs (it reads it every step)."""
-    before = os.environ.get(ENGINE_ENV)
-    os.environ[ENGINE_ENV] = parts.engine_setting
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(ENGINE_ENV, None)
-        else:
-            os.environ[ENGINE_ENV] = before
+    return environ_set(ENGINE_ENV, parts.engine_setting)
