@@ -251,7 +251,7 @@ def test_cli_prints_vllm_table_and_saves_json(server: Server, tmp_path: Path) ->
 
 @pytest.mark.server
 def test_crosscheck_against_vllm_bench_serve(server: Server, tmp_path: Path) -> None:
-    check = crosscheck(server.url, num_prompts=16, input_len=32, output_len=24, max_concurrency=1, repeats=2,
+    check = crosscheck(server.url, num_prompts=16, input_len=32, output_len=24, max_concurrency=1, repeats=3,
                        tokenizer=None, work_dir=tmp_path, echo=lambda _: None, api_key=server.api_key, max_attempts=4)
     print("\n" + check.table.to_string(index=False))
     print(f"all within 10%: {check.all_agree}; disturbed runs repeated: {check.num_disturbed_runs}")
