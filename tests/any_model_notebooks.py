@@ -55,7 +55,7 @@ ANY_MODEL_NOTEBOOKS: dict[str, Expectation] = {
     "08_structured_outputs.ipynb": Expectation((
         "models/tiny-llama", "token ids the JSON schema allows at the first step", "max_tokens=64: finish_reason=")),
     "09_multi_lora.ipynb": Expectation((  # the adapters fit tiny-phrasebook only: it says so and runs that
-        "VLLM_MODEL selects 'tiny-llama', but this lab runs on tiny-phrasebook whatever it says",
+        "Your model is 'tiny-llama', but this lab runs on tiny-phrasebook whatever you select",
         "models/tiny-phrasebook", "mixed batch")),
     "10_failure_injection.ipynb": Expectation((
         "models/tiny-llama", "Preemption storm:", "the knob that ends the storm", "[hung] diagnosed: hung")),

@@ -18,6 +18,7 @@ import torch
 from labs.core.environ import environ_set
 from labs.core.models.adapters import apply_glossary
 from labs.core.models.phrasebook import load_phrasebook
+from labs.core.models.resolve import resolve_model
 from labs.core.vllm_internals import lora as vi_lora
 from labs.lab9_multi_lora import multi_lora as ml
 from labs.lab9_multi_lora import predictions
@@ -50,14 +51,15 @@ def test_another_vllm_model_is_named_in_one_sentence_and_the_lab_runs_tiny_phras
     from labs.core.model_traits import model_traits
 
     assert model_traits(lora_llm).name == ml.LAB_MODEL
-    assert f"VLLM_MODEL selects '{ANOTHER_MODEL}', but this lab runs on {ml.LAB_MODEL} whatever it says" in _said[0]
+    assert f"Your model is '{ANOTHER_MODEL}', but this lab runs on {ml.LAB_MODEL} whatever you select" in _said[0]
 
 
-def test_no_note_when_vllm_model_is_unset_or_the_labs_own(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("VLLM_MODEL", raising=False)
+def test_no_note_for_the_labs_own_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLLM_MODEL", resolve_model(ml.LAB_MODEL).path)  # selected by its folder
     assert ml.other_model_note() is None
-    monkeypatch.setenv("VLLM_MODEL", f"/somewhere/models/{ml.LAB_MODEL}")
-    assert ml.other_model_note() is None
+    monkeypatch.delenv("VLLM_MODEL")  # nothing selected: a small instruct model found locally, else tiny-phrasebook
+    chosen = resolve_model()
+    assert (ml.other_model_note() is None) == (chosen.name == ml.LAB_MODEL), chosen
 
 
 @pytest.fixture(scope="module")

@@ -11,18 +11,18 @@ adapters in one batch costs, and builds the server flags that do the same over H
 from __future__ import annotations
 
 import functools
-import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from vllm import SamplingParams
 
 from labs.core.engine import make_llm
+from labs.core.model_traits import model_traits
 from labs.core.models.adapters import ADAPTER_NAMES, RECIPES, adapter_dir, adapter_pairs
 from labs.core.models.phrasebook import translation_messages
+from labs.core.models.resolve import ModelNotFoundError, resolve_model
 from labs.core.vllm_internals.lora import LoraBatch, lora_request, record_lora_batches
 
 LAB_MODEL = "tiny-phrasebook"  # the adapters are deltas to these exact weights: no other model fits them
@@ -35,11 +35,15 @@ ADAPTER_IDS = {name: i for i, name in enumerate(ADAPTER_NAMES, start=1)}  # engi
 
 
 def other_model_note() -> str | None:
-    """One sentence when `VLLM_MODEL` asks for another model than the one the adapters fit (None: it does not)."""
-    asked = os.environ.get("VLLM_MODEL")
-    if not asked or Path(asked).name == LAB_MODEL:
+    """One sentence when the learner's model (`VLLM_MODEL`, else the one found locally) is not the one the
+    adapters fit (None: it is, or none could be resolved)."""
+    try:
+        chosen = resolve_model()
+    except ModelNotFoundError:
         return None
-    return (f"VLLM_MODEL selects {asked!r}, but this lab runs on {LAB_MODEL} whatever it says: a LoRA adapter is a "
+    if model_traits(chosen.path).name == LAB_MODEL:
+        return None
+    return (f"Your model is {chosen.name!r}, but this lab runs on {LAB_MODEL} whatever you select: a LoRA adapter is a "
             f"low-rank delta to the exact weights it was trained on, and the shipped adapters were trained on "
             f"{LAB_MODEL}'s (to serve your own model's adapters, pass them to `--lora-modules`).")
 
