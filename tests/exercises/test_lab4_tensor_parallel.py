@@ -13,7 +13,6 @@ Runs the reference by default; `make grade LAB=4` (LABS_GRADE=learner) runs your
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from labs.core.grading import implementation_module_name, load_implementation
+from labs.core.grading import load_implementation
+from tests.exercises.mirror import assert_learner_mirrors_reference
 from labs.core.mini.config import ModelShape
 from labs.lab4_tensor_parallel.layers import build_rank_model, head_ids_for_rank
 
@@ -190,10 +190,5 @@ def test_grader_catches_wrong_param_counts(model_path: Path) -> None:
 
 
 def test_learner_file_mirrors_the_reference() -> None:
-    learner = load_implementation("lab4_tensor_parallel", "learner")
-    reference = load_implementation("lab4_tensor_parallel", "solution")
-    public = [n for n, f in inspect.getmembers(reference, inspect.isfunction) if f.__module__ == reference.__name__
-              and not n.startswith("_")]
-    for name in public:
-        assert inspect.signature(getattr(learner, name)) == inspect.signature(getattr(reference, name)), name
-    assert implementation_module_name("lab4_tensor_parallel", "learner") == learner.__name__
+    assert_learner_mirrors_reference("lab4_tensor_parallel", {"shard_column_parallel", "shard_row_parallel",
+                                                              "sharded_mlp_forward", "num_params_per_rank"})

@@ -16,7 +16,6 @@ Runs the reference by default; `make grade LAB=6` (LABS_GRADE=learner) runs your
 
 from __future__ import annotations
 
-import inspect
 import math
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,8 @@ import numpy as np
 import pytest
 
 from labs.core import vllm_internals as vi
-from labs.core.grading import implementation_module_name, load_implementation
+from labs.core.grading import load_implementation
+from tests.exercises.mirror import assert_learner_mirrors_reference
 
 BROKEN = "tests.exercises.broken_lab6"
 PERCENTILES = (50, 90, 99)
@@ -364,11 +364,4 @@ def test_decode_bytes_match_the_live_engine(impl: Any, llm: Any) -> None:
 
 
 def test_learner_file_mirrors_the_reference() -> None:
-    learner = load_implementation("lab6_profiling", "learner")
-    reference = load_implementation("lab6_profiling", "solution")
-    public = [n for n, f in inspect.getmembers(reference, inspect.isfunction) if f.__module__ == reference.__name__
-              and not n.startswith("_")]
-    assert {"request_metrics", "histogram_quantile", "decode_roofline"} <= set(public)
-    for name in public:
-        assert inspect.signature(getattr(learner, name)) == inspect.signature(getattr(reference, name)), name
-    assert implementation_module_name("lab6_profiling", "learner") == learner.__name__
+    assert_learner_mirrors_reference("lab6_profiling", {"request_metrics", "histogram_quantile", "decode_roofline"})

@@ -17,7 +17,6 @@ Runs the reference by default; `make grade LAB=8` (LABS_GRADE=learner) runs your
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,8 @@ import numpy as np
 import pytest
 import torch
 
-from labs.core.grading import implementation_module_name, load_implementation
+from labs.core.grading import load_implementation
+from tests.exercises.mirror import assert_learner_mirrors_reference
 from labs.core.vllm_internals.structured_output import (
     vllm_apply_grammar_bitmask,
     xgrammar_matcher,
@@ -208,11 +208,4 @@ def test_answers_match_the_live_engines_bitmasks(impl: Any, llm: Any) -> None:
 
 
 def test_learner_file_mirrors_the_reference() -> None:
-    learner = load_implementation("lab8_structured", "learner")
-    reference = load_implementation("lab8_structured", "solution")
-    public = [n for n, f in inspect.getmembers(reference, inspect.isfunction) if f.__module__ == reference.__name__
-              and not n.startswith("_")]
-    assert {"pack_token_bitmask", "allowed_token_ids", "num_allowed_tokens", "apply_grammar_bitmask"} <= set(public)
-    for name in public:
-        assert inspect.signature(getattr(learner, name)) == inspect.signature(getattr(reference, name)), name
-    assert implementation_module_name("lab8_structured", "learner") == learner.__name__
+    assert_learner_mirrors_reference("lab8_structured", {"pack_token_bitmask", "allowed_token_ids", "num_allowed_tokens", "apply_grammar_bitmask"})

@@ -18,7 +18,6 @@ Runs the reference by default; `make grade LAB=9` (LABS_GRADE=learner) runs your
 
 from __future__ import annotations
 
-import inspect
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,7 +26,8 @@ from typing import Any
 import pytest
 import torch
 
-from labs.core.grading import implementation_module_name, load_implementation
+from labs.core.grading import load_implementation
+from tests.exercises.mirror import assert_learner_mirrors_reference
 from labs.core.vllm_internals import lora as vi_lora
 
 BROKEN = "tests.exercises.broken_lab9"
@@ -204,11 +204,4 @@ def test_slot_bytes_match_the_live_engine(impl: Any, engine_record: dict[str, An
 
 
 def test_learner_file_mirrors_the_reference() -> None:
-    learner = load_implementation("lab9_lora", "learner")
-    reference = load_implementation("lab9_lora", "solution")
-    public = [n for n, f in inspect.getmembers(reference, inspect.isfunction) if f.__module__ == reference.__name__
-              and not n.startswith("_")]
-    assert {"lora_forward", "lora_rank_and_scaling", "lora_slot_bytes"} <= set(public)
-    for name in public:
-        assert inspect.signature(getattr(learner, name)) == inspect.signature(getattr(reference, name)), name
-    assert implementation_module_name("lab9_lora", "learner") == learner.__name__
+    assert_learner_mirrors_reference("lab9_lora", {"lora_forward", "lora_rank_and_scaling", "lora_slot_bytes"})
