@@ -261,6 +261,9 @@ def test_crosscheck_against_vllm_bench_serve(server: Server, tmp_path: Path) -> 
                                  check.ours[0]).to_json(detailed=False)
     assert vllm_keys <= set(ours), f"missing: {sorted(vllm_keys - set(ours))}"
     assert all(run["completed"] == 16 and run["failed"] == 0 for run in check.vllm)
+    # Token counts do not depend on the machine's load: both tools must count the same, in every run.
+    counts = {(run["total_input_tokens"], run["total_output_tokens"]) for run in [*check.ours, *check.vllm]}
+    assert len(counts) == 1 and next(iter(counts))[1] == 16 * 24, f"(input, output) tokens per run: {counts}"
     table = check.table.set_index("metric")
     assert table.loc["total_token_throughput", "ours"] > 0
     if check.num_disturbed_kept:
