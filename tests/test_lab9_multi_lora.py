@@ -40,7 +40,7 @@ def lora_llm() -> Iterator[Any]:
     from labs.core.engine import free_llm
 
     out = io.StringIO()
-    with environ_set("VLLM_MODEL", ANOTHER_MODEL), contextlib.redirect_stdout(out):
+    with environ_set({"VLLM_MODEL": ANOTHER_MODEL}), contextlib.redirect_stdout(out):
         llm = ml.make_lora_llm(verbose=False)
     _said.append(out.getvalue())
     yield llm

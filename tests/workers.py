@@ -75,7 +75,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _binding(value: str | None) -> contextlib.AbstractContextManager[None]:
     """`VLLM_CPU_OMP_THREADS_BIND` set to `value` (None: unset) for the block, then restored."""
-    return environ_set(BIND_ENV, value)
+    return environ_set({BIND_ENV: value})
 
 
 def on_own_cores() -> contextlib.AbstractContextManager[None]:

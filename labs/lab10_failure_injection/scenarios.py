@@ -167,7 +167,7 @@ def recover(server: FaultServer, echo: Any = print) -> str:
     """The fix: restart the same server without the pause armed (`restart` stops what is left first); returns its status."""
     server.pause_file.unlink(missing_ok=True)
     config = server.config
-    with environ_set(PAUSE_FILE_ENV, None):  # the restarted server must not arm the pause again
+    with environ_set({PAUSE_FILE_ENV: None}):  # the restarted server must not arm the pause again
         restart(config, grace_s=10, timeout_s=600, echo=echo)
     server.refresh()
     return send_completion(server, 8, 60)

@@ -28,6 +28,7 @@ import psutil
 import requests
 
 from labs.core.bench.server_metrics import fetch_metrics_text, parse_metrics
+from labs.core.environ import environ_set
 from labs.core.paths import RUNS_DIR
 from labs.core.serve import build_config, find_free_port, start_background, status, stop
 from labs.core.serve.config import ServerConfig
@@ -155,17 +156,9 @@ def start_fault_server(log_dir: Path = FAULTS_DIR / "server", *, pause_armed: bo
                  "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": str(EXECUTE_MODEL_TIMEOUT_S)}
     if pause_armed:
         overrides[PAUSE_FILE_ENV] = str(log_dir / "PAUSE")
-    saved = {key: os.environ.get(key) for key in overrides}
-    os.environ.update(overrides)  # the server's environment is ours plus its settings (config.child_env)
     echo("Injected into the server's environment: " + " ".join(f"{k}={v}" for k, v in overrides.items()))
-    try:
+    with environ_set(overrides):  # the server's environment is ours plus its settings (config.child_env)
         started = start_background(config, timeout_s=600, echo=echo)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     server = FaultServer(config, started.served_model_names[0])
     server.refresh()
     return server

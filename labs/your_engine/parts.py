@@ -89,4 +89,4 @@ def _parts_from(run: Any, grade: str, graded: list[str]) -> Parts:
 
 def engine_parts(parts: Parts) -> AbstractContextManager[None]:
     """$LABS_ENGINE set to `parts` while the mini engine is built and runs (it reads it every step)."""
-    return environ_set(ENGINE_ENV, parts.engine_setting)
+    return environ_set({ENGINE_ENV: parts.engine_setting})
