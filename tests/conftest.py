@@ -30,6 +30,8 @@ TEST_MODEL = "tiny-phrasebook"
 SERVER_API_KEY = "sk-test-shared-5b0e2d"  # the shared server requires it, as a learner's server with .env does
 _shared_servers: list[OwnedServer] = []  # the running `vllm_server`, for the hook that stops it early
 _last_server_user: list[str] = []  # node id of the last collected test that uses it
+NOTEBOOK_CELLS_PROPERTY = "notebook_cells"  # user property: [(notebook, cell index, seconds, first line)]
+NUM_SLOW_CELLS_SHOWN = 8
 
 # Tests check exact outputs of the workbook's own model, whatever model the developer selected;
 # notebook kernels and subprocesses inherit this.
@@ -112,3 +114,16 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
         if _last_server_user and item.nodeid == _last_server_user[0] and "PYTEST_XDIST_WORKER" not in os.environ:
             for server in list(_shared_servers):
                 server.stop(echo=lambda _: None)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The slowest notebook cells of the run (from every worker), so a run that took minutes longer
+    than usual says which cell waited, even when every test passed."""
+    cells = [cell for reports in terminalreporter.stats.values() for report in reports
+             if getattr(report, "when", None) == "call" for name, value in getattr(report, "user_properties", ()) if name == NOTEBOOK_CELLS_PROPERTY
+             for cell in value]
+    if not cells:
+        return
+    terminalreporter.section("slowest notebook cells")
+    for notebook, index, seconds, line in sorted(cells, key=lambda cell: -cell[2])[:NUM_SLOW_CELLS_SHOWN]:
+        terminalreporter.write_line(f"{seconds:7.1f}s  {notebook} cell {index}: {line[:70]}")

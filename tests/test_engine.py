@@ -119,6 +119,27 @@ def test_free_llm_releases_the_engine_so_a_second_one_starts() -> None:
     assert proc.returncode == 0 and "SECOND-ENGINE-OK" in proc.stdout, proc.stderr[-3000:]
 
 
+def test_an_in_process_engine_computes_with_one_thread_per_bound_core() -> None:
+    """vLLM binds only the worker processes it starts; an engine kept in this process must still
+    keep to its binding, or two of them spin against each other (tests/bench_in_process_threads.py)."""
+    first_core = min(os.sched_getaffinity(0))
+    script = textwrap.dedent("""
+        import torch
+        from vllm import SamplingParams
+        from labs.core.engine import make_llm
+
+        llm = make_llm("tiny-phrasebook")
+        llm.generate(["hello"] * 4, SamplingParams(temperature=0, max_tokens=16), use_tqdm=False)
+        print("THREADS", torch.get_num_threads())
+    """)
+    env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": str(first_core), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    env.pop("OMP_NUM_THREADS", None)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "THREADS 1" in proc.stdout, proc.stdout[-2000:]
+    assert f"1 OpenMP thread(s), one per core of VLLM_CPU_OMP_THREADS_BIND={first_core}" in proc.stdout
+
+
 @pytest.mark.all_cores
 def test_a_tp2_thread_binding_does_not_leak_into_the_next_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     """make_llm exports the settings' variables; the next make_llm must start from the user's own."""

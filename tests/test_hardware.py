@@ -13,8 +13,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `dap_client`, whatever pytest's import mode
 from dap_client import consecutive_free_ports  # noqa: E402
 from labs.core.errors import WorkbookError
-from labs.core.engine_settings import cpu_threads_bind, engine_settings
-from labs.core.hardware import Hardware, UnsupportedHardwareError, _parse_cpu_list, detect_hardware
+from labs.core.engine_settings import cpu_threads_bind, engine_settings, in_process_num_threads
+from labs.core.hardware import Hardware, UnsupportedHardwareError, parse_cpu_list, detect_hardware
 
 
 def _hw(**changes) -> Hardware:
@@ -73,7 +73,7 @@ def test_describe_says_what_chose_the_settings() -> None:
 
 
 def test_cpu_list_parsing() -> None:
-    assert _parse_cpu_list("0-3,8,10-11\n") == [0, 1, 2, 3, 8, 10, 11]
+    assert parse_cpu_list("0-3,8,10-11\n") == [0, 1, 2, 3, 8, 10, 11]
 
 
 def test_cpu_settings_are_cpu_only() -> None:
@@ -109,6 +109,26 @@ def test_tensor_parallel_thread_binding_splits_cores() -> None:
     assert cpu_threads_bind(_hw(num_cpu_cores=8, numa_node_cpu_ids={0: list(range(8))}), 2) == "0-3|4-7"
     with pytest.raises(UnsupportedHardwareError):
         cpu_threads_bind(_hw(), 3)
+
+
+@pytest.mark.parametrize(("bind", "omp_num_threads", "expected"), [
+    ("2-3", None, 2),  # a binding: one thread per core of it
+    ("0|1", None, 1),  # a TP binding: rank 0's share (this process's engine is rank 0)
+    ("0,2-4", "8", 4),  # the binding wins over OMP_NUM_THREADS
+    ("auto", "3", 3),
+    ("nobind", None, 8),  # nothing said: one per core of the machine, torch's own default
+    (None, None, 8),
+])
+def test_an_in_process_engine_gets_as_many_threads_as_its_cores(
+        bind: str | None, omp_num_threads: str | None, expected: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in (("VLLM_CPU_OMP_THREADS_BIND", bind), ("OMP_NUM_THREADS", omp_num_threads)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    num_threads, reason = in_process_num_threads(_hw(num_cpu_cores=8, numa_node_cpu_ids={0: list(range(8))}))
+    assert num_threads == expected
+    assert f"{expected} OpenMP thread(s)" in reason
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import nbformat
@@ -13,6 +14,8 @@ import psutil
 import pytest
 
 from labs.core.notebooks import NOTEBOOKS_DIR, ExecutedNotebook, execute_notebook
+
+from .conftest import NOTEBOOK_CELLS_PROPERTY
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `any_model_notebooks`, whatever pytest's import mode
 from any_model_notebooks import ANY_MODEL, ANY_MODEL_NOTEBOOKS, execute_on_model, problems  # noqa: E402
@@ -33,6 +36,12 @@ def executed(name: str, out_dir: Path) -> ExecutedNotebook:
     if name not in _executed:
         _executed[name] = execute_notebook(NOTEBOOKS_DIR / name, out_dir=out_dir, env={RUN_MARK_ENV: first_run_mark(name)})
     return _executed[name]
+
+
+def record_cell_times(record_property: Callable[[str, object], None], label: str, result: ExecutedNotebook) -> None:
+    """Hand the run's slow cells to the session's summary (conftest's "slowest notebook cells")."""
+    slow = [(label, index, round(seconds, 1), line) for index, seconds, line in result.cell_seconds() if seconds >= 5]
+    record_property(NOTEBOOK_CELLS_PROPERTY, slow)
 
 
 def first_run_mark(name: str) -> str:
@@ -77,8 +86,10 @@ def test_notebook_is_committed_without_outputs(path: Path) -> None:
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_executes(path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_notebook_executes(path: Path, tmp_path_factory: pytest.TempPathFactory,
+                           record_property: Callable[[str, object], None]) -> None:
     result = executed(path.name, tmp_path_factory.mktemp("runs"))
+    record_cell_times(record_property, path.name, result)
     text = result.text_outputs()
     assert "Model:" in text and "Hardware:" in text, "every lab prints its model and hardware"
     assert result.html_path and result.html_path.stat().st_size > 0
@@ -88,12 +99,14 @@ def test_notebook_executes(path: Path, tmp_path_factory: pytest.TempPathFactory)
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("name", RERUN_NOTEBOOKS)
-def test_notebook_runs_again_in_the_same_working_copy(name: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_notebook_runs_again_in_the_same_working_copy(name: str, tmp_path_factory: pytest.TempPathFactory,
+                                                      record_property: Callable[[str, object], None]) -> None:
     """The second run meets the first's leftovers: it must pass, claim the same, and leave no server."""
     first = executed(name, tmp_path_factory.mktemp("runs"))
     run_mark = f"{name}-rerun-{os.getpid()}"
     second = execute_notebook(NOTEBOOKS_DIR / name, out_dir=tmp_path_factory.mktemp("rerun"),
                               env={RUN_MARK_ENV: run_mark})
+    record_cell_times(record_property, f"{name} (rerun)", second)
     text = second.text_outputs()
     assert not misses(text), f"the second run of {name} printed: {misses(text)}"
     assert verdicts(text) == verdicts(first.text_outputs())
@@ -111,10 +124,12 @@ def test_lab1_shows_live_engine_values(tmp_path_factory: pytest.TempPathFactory)
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("name", sorted(ANY_MODEL_NOTEBOOKS))
-def test_notebook_runs_on_another_architecture(name: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_notebook_runs_on_another_architecture(name: str, tmp_path_factory: pytest.TempPathFactory,
+                                               record_property: Callable[[str, object], None]) -> None:
     """tiny-llama (Llama, 9 query heads over 3 KV heads, random weights): each lab runs, and says in a
     sentence what it cannot do on that model instead of failing or judging noise."""
     result = execute_on_model(name, out_dir=tmp_path_factory.mktemp(f"runs-{ANY_MODEL}"))
+    record_cell_times(record_property, f"{name} ({ANY_MODEL})", result)
     found = problems(name, result.text_outputs())
     assert not found, found
     print(f"{name} on {ANY_MODEL}: {result.seconds:.0f} s")

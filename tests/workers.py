@@ -1,10 +1,14 @@
 """`make test` on several pytest-xdist workers, each worker's engines computing on its own cores.
 
-Why own cores: vLLM's CPU worker binds its OpenMP threads to cores (`VLLM_CPU_OMP_THREADS_BIND`;
-`auto` takes the first core and reserves the rest), so two workers' engines would both compute on
-core 0 while core 1 idles. Each worker therefore exports `VLLM_CPU_OMP_THREADS_BIND` = its share of
-the cores, and everything it starts inherits it (notebook kernels, servers, subprocesses), while
-Python threads, API servers and engine-core loops still run on any core.
+Why own cores: vLLM's CPU worker processes bind their OpenMP threads to cores
+(`VLLM_CPU_OMP_THREADS_BIND`; `auto` takes the first core and reserves the rest), so two workers'
+servers would both compute on core 0 while core 1 idles; and an engine computing in its own
+process (the labs' inspectable engine) would use one OpenMP thread per core of the machine, so two
+of them spin against each other (tests/bench_in_process_threads.py: 4-7x slower). Each worker
+therefore exports `VLLM_CPU_OMP_THREADS_BIND` = its share of the cores and `OMP_NUM_THREADS` = its
+size, and everything it starts inherits them (notebook kernels, servers, subprocesses; `make_llm`
+sizes an in-process engine from the binding), while Python threads, API servers and engine-core
+loops still run on any core.
 
 Why not pin the whole worker to its cores (sched_setaffinity, tried first): a server's engine core
 busy-waits on its worker during a step, and on one core that spin steals the worker's time:
@@ -27,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -71,6 +76,12 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     mine = cores_of_worker(allowed_cores(), int(worker.removeprefix("gw")), int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
     os.environ[BIND_ENV] = os.environ[WORKER_BIND_ENV] = ",".join(map(str, mine))
+    # torch outside vLLM's workers (the Hugging Face reference model, the mini engine, training)
+    # sizes its OpenMP pool from this when it loads; make_llm sizes an in-process engine's pool from
+    # the binding above (vLLM's TP workers get theirs from vLLM).
+    os.environ.setdefault("OMP_NUM_THREADS", str(len(mine)))
+    if "torch" in sys.modules:  # loaded already: the variable came too late for this process
+        sys.modules["torch"]._C.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def _binding(value: str | None) -> contextlib.AbstractContextManager[None]:

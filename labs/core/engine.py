@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from labs.core.engine_settings import EngineSettings, engine_settings
+from labs.core.engine_settings import EngineSettings, engine_settings, in_process_num_threads
 from labs.core.hardware import Hardware, detect_hardware
 from labs.core.models.resolve import ResolvedModel, resolve_model
 
@@ -107,13 +107,14 @@ def make_llm(model: str | None = None, *, block_size: int | None = None, kv_cach
     unexport_engine_env()  # the previous engine's TP binding must not leak into this one
     run = plan_run(model, block_size=block_size, kv_cache_dtype=kv_cache_dtype,
                    tensor_parallel_size=tensor_parallel_size)
-    if verbose:
-        print(run.describe(), flush=True)
     export_engine_env(run.settings.env)
     if inspectable is not None:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if inspectable else "1"
     else:  # nothing asked: what the user (or labs.core.debug.safe) set wins, else keep the core here
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    threads_reason = _set_in_process_threads(run.hardware, tensor_parallel_size)
+    if verbose:
+        print(run.describe() + (f"\n  why:    {threads_reason}" if threads_reason else ""), flush=True)
     disable_envs_cache()  # a previous engine froze vLLM's view of os.environ
 
     from vllm import LLM
@@ -126,6 +127,21 @@ def make_llm(model: str | None = None, *, block_size: int | None = None, kv_cach
     _live_engines.add(llm)
     llm.workbook_run_info = run
     return llm
+
+
+def _set_in_process_threads(hw: Hardware, tensor_parallel_size: int) -> str | None:
+    """Size torch's OpenMP pool for a CPU engine that computes in this process (see
+    `in_process_num_threads`); returns the reason, or None when the engine's workers are processes
+    of their own (vLLM binds those) or the device is a GPU."""
+    if hw.device != "cpu" or tensor_parallel_size > 1 or os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] != "0":
+        return None
+    import torch
+
+    num_threads, reason = in_process_num_threads(hw)
+    # torch._C's function, not torch.set_num_threads: vLLM's CPU worker replaces the latter with a
+    # no-op once an engine has started in this process.
+    torch._C.set_num_threads(num_threads)
+    return reason
 
 
 def free_llm(llm: Any) -> None:

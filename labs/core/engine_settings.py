@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from labs.core.debug.vllm_workers import (DEBUG_ENGINE_ENV, WORKER_DEBUG_ENV, check_ready_to_debug_workers,
                                           debugging_workers)
-from labs.core.hardware import Hardware, UnsupportedHardwareError
+from labs.core.hardware import Hardware, UnsupportedHardwareError, parse_cpu_list
 
 # --- why these defaults ----------------------------------------------------------------------
 CPU_BLOCK_SIZE = 32  # vLLM's CPU attention needs a multiple of 32; 32 keeps blocks visible in labs
@@ -55,6 +55,34 @@ def cpu_threads_bind(hw: Hardware, tensor_parallel_size: int) -> str:
         ids = cpu_ids[rank * per_rank:(rank + 1) * per_rank]
         ranges.append(str(ids[0]) if len(ids) == 1 else f"{ids[0]}-{ids[-1]}")
     return "|".join(ranges)
+
+
+def in_process_num_threads(hw: Hardware) -> tuple[int, str]:
+    """OpenMP threads for a CPU engine that computes in this process, and the reason.
+
+    Why the workbook decides this: vLLM applies `VLLM_CPU_OMP_THREADS_BIND` only to the worker
+    processes its multiprocessing executor starts (it sets `OMP_NUM_THREADS`/`OMP_PLACES` before they
+    load OpenMP). An engine kept in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`: the labs'
+    inspectable engine, the debugger's single-process engine) would compute with torch's default,
+    one thread per core of the machine; two such engines (two notebooks, or a notebook beside a
+    server's worker) then spin against each other in OpenMP barriers. `benchmarks/in_process_threads.py`
+    measures that side by side.
+
+    Returns:
+        (threads, reason): one thread per core of rank 0's binding when one is set, else
+        `OMP_NUM_THREADS`, else one per core this process may use.
+    """
+    bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto")
+    if bind not in ("auto", "nobind", ""):
+        num_threads = len(parse_cpu_list(bind.split("|")[0]))
+        return num_threads, (f"Engine in this process: {num_threads} OpenMP thread(s), one per core of "
+                             f"VLLM_CPU_OMP_THREADS_BIND={bind} (vLLM binds only the worker processes it starts).")
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        num_threads = int(os.environ["OMP_NUM_THREADS"])
+        return num_threads, f"Engine in this process: {num_threads} OpenMP thread(s) (OMP_NUM_THREADS)."
+    num_threads = sum(len(ids) for ids in hw.numa_node_cpu_ids.values())
+    return num_threads, (f"Engine in this process: {num_threads} OpenMP thread(s), one per core it may use "
+                         "(set VLLM_CPU_OMP_THREADS_BIND, e.g. 0-3, to give it fewer).")
 
 
 def check_kv_cache_dtype(hw: Hardware, kv_cache_dtype: str) -> None:

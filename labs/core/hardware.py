@@ -73,7 +73,7 @@ def _read_cpuinfo() -> tuple[str, frozenset[str]]:
     return model, frozenset(fields.get("flags", "").split())
 
 
-def _parse_cpu_list(text: str) -> list[int]:
+def parse_cpu_list(text: str) -> list[int]:
     """'0-3,8,10-11' -> [0, 1, 2, 3, 8, 10, 11] (the kernel's cpulist format)."""
     cpu_ids: list[int] = []
     for part in text.strip().split(","):
@@ -88,7 +88,7 @@ def _numa_nodes(allowed: set[int]) -> dict[int, list[int]]:
     nodes: dict[int, list[int]] = {}
     for node_dir in sorted(Path("/sys/devices/system/node").glob("node[0-9]*")):
         try:
-            cpu_ids = _parse_cpu_list((node_dir / "cpulist").read_text())
+            cpu_ids = parse_cpu_list((node_dir / "cpulist").read_text())
         except OSError:
             continue
         usable = [c for c in cpu_ids if c in allowed]

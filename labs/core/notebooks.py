@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import nbformat
@@ -31,6 +32,21 @@ class ExecutedNotebook:
             for out in cell.get("outputs", []):
                 parts.append(out.get("text", "") or out.get("data", {}).get("text/plain", ""))
         return "\n".join(parts)
+
+    def cell_seconds(self) -> list[tuple[int, float, str]]:
+        """(cell index, seconds, first source line) of each executed code cell, from nbclient's timing.
+
+        Why: a notebook that takes ten times longer than usual says which cell waited.
+        """
+        rows = []
+        for index, cell in enumerate(self.notebook.cells):
+            timing = cell.get("metadata", {}).get("execution", {})
+            began, ended = timing.get("iopub.execute_input"), timing.get("shell.execute_reply")
+            if cell.cell_type == "code" and began and ended:
+                seconds = (datetime.fromisoformat(ended.replace("Z", "+00:00"))
+                           - datetime.fromisoformat(began.replace("Z", "+00:00"))).total_seconds()
+                rows.append((index, seconds, next(iter(cell.source.splitlines()), "")))
+        return rows
 
 
 def execute_notebook(path: Path, out_dir: Path | None = None, timeout_per_cell: int = 600,

@@ -132,8 +132,10 @@ def crosscheck(base_url: str | None = None, endpoint: str = "completions", num_p
     Why one request at a time by default: then TTFT is prefill plus transport, a property of the
     server and the client. Even so, on 2 cores the clients share the CPU with the server, and the
     two tools' figures have differed from within 2% up to 16% between sessions (throughput, 3
-    repeats, no other load); the tests therefore hold them to a factor of 1.5, and to exactly equal
-    token counts. With 4 concurrent requests, TTFT also depends on how arrivals interleave with
+    repeats, no other load), and by a factor of 2.4 in throughput inside `make test` (2 workers on 2
+    cores). The tests therefore check only what load cannot change (equal token counts, each tool's
+    rates against its own duration and latencies); agreement of the figures is this command's job,
+    run on an idle machine. With 4 concurrent requests, TTFT also depends on how arrivals interleave with
     other requests' decode steps, and consecutive runs of the SAME tool differed by 10-50%.
 
     Args:
@@ -191,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-prompts", type=int, default=24)
     p.add_argument("--input-len", type=int, default=32)
     p.add_argument("--output-len", type=int, default=32)
-    p.add_argument("--max-concurrency", type=int, default=4)
+    p.add_argument("--max-concurrency", type=int, default=1)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--tokenizer", help="for vLLM's benchmark (default: the server's model folder)")
     p.add_argument("--tolerance", type=float, default=0.10)
