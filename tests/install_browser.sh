@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What tests/test_browser_lab2.py needs: Playwright for Python (pinned in pyproject's `test` extra)
+# What tests/test_lab2_paged_attention_browser.py needs: Playwright for Python (pinned in pyproject's `test` extra)
 # and Debian's Chromium at /usr/bin/chromium. Never `playwright install`: it downloads a browser build,
 # which a closed network cannot fetch; the test drives the distribution's Chromium instead.
 #

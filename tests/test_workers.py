@@ -40,7 +40,7 @@ def test_groups_from_node_ids() -> None:
     assert group_of("tests/test_notebooks.py::test_notebook_runs_again_in_the_same_working_copy[06_profiling.ipynb]") \
         == "notebook-06_profiling.ipynb"
     assert group_of("tests/test_notebooks.py::test_lab1_shows_live_engine_values") == "notebook-01_basic_inference.ipynb"
-    assert group_of("tests/test_ipdb.py::test_x") == group_of("tests/test_lab4_tp_debug_ports.py::test_y") == "debuggers"
+    assert group_of("tests/test_ipdb.py::test_x") == group_of("tests/test_lab4_tensor_parallel_debug_ports.py::test_y") == "debuggers"
     assert group_of("tests/exercises/test_lab2_kv_cache.py::test_z[a::b]") == "tests/exercises/test_lab2_kv_cache.py"
 
 

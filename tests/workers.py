@@ -41,8 +41,8 @@ from labs.core.environ import environ_set
 BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
 WORKER_BIND_ENV = "WORKBOOK_TEST_WORKER_BIND"  # this worker's binding, kept while a TP test lifts it
 MAX_WORKERS = 4  # each worker may hold an engine and a server (~3 GiB): memory, not cores, bounds more
-DEBUGGER_MODULES = ("test_debugpy_session.py", "test_ipdb.py", "test_lab4_tp_debug_ports.py",
-                    "test_lab4_tensor_parallel.py", "test_browser_lab2.py")
+DEBUGGER_MODULES = ("test_debugpy_session.py", "test_ipdb.py", "test_lab4_tensor_parallel_debug_ports.py",
+                    "test_lab4_tensor_parallel.py", "test_lab2_paged_attention_browser.py")
 ALL_CORES_NOTEBOOKS = ("04_tensor_parallel.ipynb",)  # TP=2: a core per rank
 _NOTEBOOK_PARAM = re.compile(r"\[([^\]]*?\.ipynb)\]")
 

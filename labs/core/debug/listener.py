@@ -24,9 +24,10 @@ def listen_for_debugger(rank: int, who: str) -> int:
     process group, and that adapter lives on after this process dies for as long as any debugger
     is still connected to it. Stopping a session (VS Code kills the debuggee's process group) would
     leave the ports taken, and the next launch would fail with "Address already in use". The rule:
-    the port closes with this process however it ends, kill -9 included (tests/test_lab4_tp_debug_ports.py
-    stops a real session and launches again on the same ports). What in-process gives up,
-    following spawned subprocesses, is off here anyway (`subProcess=False`).
+    the port closes with this process however it ends, kill -9 included
+    (tests/test_lab4_tensor_parallel_debug_ports.py stops a real session and launches again on the
+    same ports). What in-process gives up, following spawned subprocesses, is off here anyway
+    (`subProcess=False`).
 
     Args:
         rank: the global rank (its port is the base port + rank).

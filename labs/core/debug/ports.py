@@ -5,8 +5,8 @@ starts the ranks or the engine, and a taken one is refused with one sentence nam
 (pid, command) and how to end it. Unchecked, a port held by another process (a debugpy adapter
 left by an earlier debug session, an old run still waiting for its debugger, anything else) ends
 the launch deep in vLLM's worker start-up with "Address already in use", and a listener in the
-debuggee's own process (see `labs.core.debug.listener`) waits forever. tests/test_lab4_tp_debug_ports.py
-checks both paths with a real foreign listener.
+debuggee's own process (see `labs.core.debug.listener`) waits forever.
+tests/test_lab4_tensor_parallel_debug_ports.py checks both paths with a real foreign listener.
 """
 
 from __future__ import annotations
