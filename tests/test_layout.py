@@ -2,7 +2,8 @@
 
 Why a test: a layout is only as good as the next import someone adds. The imports are read from
 the source (AST), module level and inside functions alike, so a lazy import cannot hide a
-dependency; imports under `if TYPE_CHECKING:` are left out, since they never run.
+dependency; imports under `if TYPE_CHECKING:` are left out, since they never run. An import also
+runs the `__init__` of each package above the module it names, so each of those is an edge too.
 """
 
 from __future__ import annotations
@@ -21,12 +22,17 @@ LAB_DIRS = sorted(p for p in LABS.iterdir() if p.is_dir() and LAB_DIR.match(p.na
 CAPSTONE = "capstone_translation"
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(REPO).with_suffix("").parts
+def module_name(path: Path, root: Path = REPO) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-MODULES: dict[str, Path] = {module_name(p): p for p in LABS.rglob("*.py")}
+def modules_under(package: Path, root: Path = REPO) -> dict[str, Path]:
+    """Every module of the package folder `package`, by dotted name relative to `root`."""
+    return {module_name(p, root): p for p in package.rglob("*.py")}
+
+
+MODULES: dict[str, Path] = modules_under(LABS)
 
 
 def _type_checking_lines(tree: ast.AST) -> set[int]:
@@ -39,24 +45,62 @@ def _type_checking_lines(tree: ast.AST) -> set[int]:
     return lines
 
 
-def imports_of(path: Path) -> list[tuple[int, str]]:
-    """(line, module) for every workbook module `path` imports at run time.
+def _absolute(node: ast.ImportFrom, importer: str, is_package: bool) -> str:
+    """The module a `from ... import` names, relative imports (`from . import x`) resolved."""
+    if node.level == 0:
+        return node.module or ""
+    package = importer.split(".") if is_package else importer.split(".")[:-1]
+    base = package[:len(package) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def imports_of(path: Path, modules: dict[str, Path] = MODULES, root: Path = REPO,
+               top: str = "labs") -> list[tuple[int, str]]:
+    """(line, module) for every workbook module `path` names in an import that runs.
 
     `from labs.x import y` counts as importing `labs.x.y` when that is a module, else `labs.x`.
+    Relative imports are resolved against `path`'s package. The parent packages this also runs
+    are added by `executed_by`, not here.
     """
     tree = ast.parse(path.read_text(), filename=str(path))
     skip = _type_checking_lines(tree)
+    importer, is_package = module_name(path, root), path.name == "__init__.py"
     found: list[tuple[int, str]] = []
     for node in ast.walk(tree):
         if getattr(node, "lineno", None) in skip:
             continue
         if isinstance(node, ast.Import):
-            found += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "labs"]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "labs":
+            found += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == top]
+        elif isinstance(node, ast.ImportFrom):
+            module = _absolute(node, importer, is_package)
+            if module.split(".")[0] != top:
+                continue
             for alias in node.names:
-                sub = f"{node.module}.{alias.name}"
-                found.append((node.lineno, sub if sub in MODULES else node.module))
+                sub = f"{module}.{alias.name}"
+                found.append((node.lineno, sub if sub in modules else module))
     return found
+
+
+def executed_by(importer: str, target: str, modules: dict[str, Path] | set[str]) -> list[str]:
+    """The workbook modules that importing `target` from `importer` runs: `target` and its packages.
+
+    Why: `from labs.core.serve import health` runs `labs/__init__`, `labs/core/__init__` and
+    `labs/core/serve/__init__` before `health`, so a circle through a package's `__init__` is a
+    circle. Packages that contain `importer` are left out: Python runs them before `importer`
+    itself, so the import finds them already in `sys.modules`; naming such a package itself
+    (`from labs.core.serve import ServerConfig` inside `labs.core.serve.config`) stays an edge,
+    since it reads a half-run `__init__`.
+    """
+    parts = target.split(".")
+    own = {".".join(importer.split(".")[:i]) for i in range(1, importer.count(".") + 2)}
+    parents = [".".join(parts[:i]) for i in range(1, len(parts))]
+    return [p for p in parents if p in modules and p not in own] + [target]
+
+
+def edges(modules: dict[str, Path] = MODULES, root: Path = REPO, top: str = "labs") -> list[tuple[str, int, str]]:
+    """(importer, line, module run): one edge per imported module and per package it runs."""
+    return [(mod, line, executed) for mod, path in modules.items()
+            for line, target in imports_of(path, modules, root, top) for executed in executed_by(mod, target, modules)]
 
 
 def owner(module: str) -> str:
@@ -69,10 +113,6 @@ def owner(module: str) -> str:
     if LAB_DIR.match(parts[1]) or parts[1] == CAPSTONE:
         return parts[1]
     return "command"
-
-
-def edges() -> list[tuple[str, int, str]]:
-    return [(mod, line, target) for mod, path in MODULES.items() for line, target in imports_of(path)]
 
 
 def test_the_core_imports_no_lab() -> None:
@@ -123,18 +163,77 @@ def _strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
     return circles
 
 
-def test_no_import_circle() -> None:
+def import_graph(edge_list: list[tuple[str, int, str]]) -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
-    for m, _, t in edges():
+    for m, _, t in edge_list:
         if t != m:
             graph.setdefault(m, set()).add(t)
-    circles = _strongly_connected(graph)
-    assert not circles, "import circles:\n" + "\n".join(" <-> ".join(c) for c in circles)
+    return graph
+
+
+def a_circle(component: list[str], edge_list: list[tuple[str, int, str]]) -> list[str]:
+    """The shortest circle through the component's first module, as 'importer:line -> module' steps.
+
+    Why: a component names every module on some circle; to cut one, a reader needs the imports, in order.
+    """
+    inside = set(component)
+    step = {(m, t): line for m, line, t in edge_list if m in inside and t in inside and m != t}
+    start = component[0]
+    came_from: dict[str, str] = {}
+    frontier = [start]
+    while frontier and start not in came_from:
+        nxt = []
+        for v in frontier:
+            for (m, t) in step:
+                if m == v and t not in came_from:
+                    came_from[t] = v
+                    nxt.append(t)
+        frontier = nxt
+    path, v = [start], start
+    while True:  # walk back from start to start
+        v = came_from[v]
+        path.append(v)
+        if v == start:
+            break
+    path.reverse()
+    return [f"{MODULES[m].relative_to(REPO) if m in MODULES else m}:{step[(m, t)]} -> {t}"
+            for m, t in zip(path, path[1:])]
+
+
+def test_no_import_circle() -> None:
+    found = edges()
+    circles = _strongly_connected(import_graph(found))
+    assert not circles, "import circles:\n" + "\n".join(
+        " <-> ".join(c) + "\n  e.g. " + "\n       ".join(a_circle(c, found)) for c in circles)
 
 
 def test_the_circle_finder_finds_a_circle() -> None:
     assert _strongly_connected({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert _strongly_connected({"a": {"b"}, "b": set()}) == []
+
+
+def test_a_circle_through_a_package_init_is_found(tmp_path: Path) -> None:
+    """`from pkg.sub import leaf` runs `pkg/sub/__init__`; a circle through it is a circle.
+
+    pkg/user.py imports only the leaf module, but pkg/sub/__init__ imports pkg.user back (by a
+    relative import, resolved too). Without the package edge the graph has no circle.
+    """
+    files = {
+        "pkg/__init__.py": "",
+        "pkg/user.py": "from pkg.sub import leaf\n",
+        "pkg/sub/__init__.py": "from .. import user\n",
+        "pkg/sub/leaf.py": "import pkg.sub.other\n",  # its own package pkg.sub: no edge, no false circle
+        "pkg/sub/other.py": "",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    modules = modules_under(tmp_path / "pkg", tmp_path)
+    found = edges(modules, tmp_path, "pkg")
+    assert {(m, t) for m, _, t in found} == {("pkg.user", "pkg.sub"), ("pkg.user", "pkg.sub.leaf"),
+                                             ("pkg.sub", "pkg.user"), ("pkg.sub.leaf", "pkg.sub.other")}
+    assert _strongly_connected(import_graph(found)) == [["pkg.sub", "pkg.user"]]
+    assert a_circle(["pkg.sub", "pkg.user"], found) == ["pkg.sub:1 -> pkg.user", "pkg.user:1 -> pkg.sub"]
 
 
 def _launch_config_names() -> list[str]:

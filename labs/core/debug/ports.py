@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from labs.core import net
 from labs.core.errors import WorkbookError
-from labs.core.serve import health
 
 DEBUG_HOST = "127.0.0.1"
 DEBUG_BASE_PORT_ENV = "WORKBOOK_DEBUG_BASE_PORT"
@@ -52,7 +52,7 @@ def debug_port(rank: int) -> int:
 
 
 def port_is_free(port: int, host: str = DEBUG_HOST) -> bool:
-    """Whether a listener could bind `host:port` now (`labs.core.serve.health.port_is_free`).
+    """Whether a listener could bind `host:port` now (`labs.core.net.port_is_free`).
 
     SO_REUSEADDR as debugpy's listener sets it: connections of an ended session that linger in
     TIME_WAIT do not block a new listener, only a live one does, so only a live one is reported.
@@ -64,11 +64,11 @@ def port_is_free(port: int, host: str = DEBUG_HOST) -> bool:
     Returns:
         True if a bind succeeded (the probe socket is closed again at once).
     """
-    return health.port_is_free(host, port)
+    return net.port_is_free(host, port)
 
 
 def port_holder(port: int) -> PortHolder | None:
-    """Find the process listening on TCP `port` (`labs.core.serve.health.port_listener`).
+    """Find the process listening on TCP `port` (`labs.core.net.port_listener`).
 
     Args:
         port: the TCP port.
@@ -77,7 +77,7 @@ def port_holder(port: int) -> PortHolder | None:
         Its holder; a holder with pid None if something listens there that this user cannot see;
         None if nothing listens.
     """
-    listener = health.port_listener(port)
+    listener = net.port_listener(port)
     if listener is None:
         return None
     pid, command = listener

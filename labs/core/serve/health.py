@@ -7,7 +7,6 @@ The answer also carries what a client needs: the served model names and `max_mod
 
 from __future__ import annotations
 
-import errno
 import json
 import socket
 import time
@@ -16,9 +15,8 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import psutil
-
 from labs.core.errors import WorkbookError
+from labs.core.net import port_listener
 
 
 class ServerNotReadyError(WorkbookError):
@@ -109,48 +107,6 @@ def wait_until_healthy(url: str, *, timeout_s: float = 600.0, api_key: str | Non
         if time.monotonic() >= deadline:
             raise ServerTimeoutError(f"{url}/v1/models did not answer within {timeout_s:.0f} s ({why}).")
         time.sleep(poll_s)
-
-
-def port_is_free(host: str, port: int) -> bool:
-    """True if a server could bind `host`:`port` now (tested by binding it, as vLLM will)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no conflict
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                return False
-            raise
-    return True
-
-
-def port_listener(port: int) -> tuple[int | None, str] | None:
-    """The process listening on TCP `port`, as far as this user may see it.
-
-    Args:
-        port: the TCP port.
-
-    Returns:
-        (its pid, its command line, or its name if that is empty); (None, "") if something
-        listens there that this user cannot see, or if the OS does not list connections to this
-        user (macOS without root); None if nothing listens.
-    """
-    try:
-        connections = psutil.net_connections(kind="tcp")
-    except (psutil.AccessDenied, OSError):
-        return None, ""
-    listeners = [c for c in connections if c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN]
-    if not listeners:
-        return None
-    pid = next((c.pid for c in listeners if c.pid), None)
-    if pid is None:
-        return None, ""
-    try:
-        process = psutil.Process(pid)
-        return pid, " ".join(process.cmdline()) or process.name()
-    except psutil.Error:  # it ended meanwhile, or is not ours to read
-        return pid, ""
 
 
 def port_owner(port: int) -> str | None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from labs.core.net import port_is_free
 from labs.core.serve import health
 from labs.core.serve.config import (
     DEFAULT_ENV_FILE, DEFAULT_LOG_DIR, LOOPBACK_HOSTS, SERVER_MODULE, ServerConfig, build_config, default_url,
@@ -129,7 +130,7 @@ def preflight(config: ServerConfig, echo: Echo = print) -> None:
                 f"{stop_command(config.log_dir)}"
                 + ("" if same else "  (one server per log folder; --log-dir DIR starts a second one)"))
         echo(_clean_stale_record(record, config.log_dir))
-    if not health.port_is_free(config.host, config.port):
+    if not port_is_free(config.host, config.port):
         raise ServeError(_busy_port_message(config.host, config.port, config.api_key))
     if config.host not in LOOPBACK_HOSTS:
         echo(f"warning: binding {config.host}: other machines can reach this server"
