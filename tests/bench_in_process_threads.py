@@ -10,8 +10,8 @@ generation. Three set-ups, in one run so the ratios compare like with like on a 
 - pair, bound: two engines at once, bound to cores 0 and 1; `make_llm` sizes each one's OpenMP
   pool to its binding (`labs.core.engine_settings.in_process_num_threads`).
 - pair, unbound: two engines at once with `nobind`, so each keeps torch's default, one thread per
-  core: what every in-process engine did before, because vLLM applies the binding only to the
-  worker processes it starts itself.
+  core: what an in-process engine gets when nothing sizes its pool, because vLLM applies the
+  binding only to the worker processes it starts itself.
 
 Prints seconds per set-up and the pair/alone ratios: near 1 means the engines do not disturb each
 other; on 2 cores the unbound pair took 4-7x as long as one engine alone (once 77x), the bound one 1.1x.

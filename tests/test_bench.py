@@ -7,15 +7,15 @@ server's token counters, vLLM's `calculate_metrics` fed our raw timings, and the
 own serving benchmark saves against the same server with the same prompts.
 
 Cross-check bounds: both tools measure the same server one after the other, one request at a
-time, so a gross error (seconds for milliseconds, requests counted twice, a timer started in the
-wrong place) shows as a factor. The test asserts agreement within a factor of
-1.5 on throughput and on the medians of TTFT, TPOT and E2EL. Closer agreement is a speed figure,
-and speed figures are printed by the benchmark script, not asserted by a unit test: on a 2-core
-machine the two clients share the cores with the server, and vLLM's client does more per chunk,
-so its ITL reads 0-15% higher depending on the machine (CI saw 14% on every metric of every
-run). `python -m labs.core.bench.crosscheck` prints that table with its 10% verdict. That the
-definitions are vLLM's is checked exactly, without noise, by
-`test_summary_equals_vllm_calculate_metrics`.
+time. The test asserts only what the machine's load cannot change: both tools count the same
+tokens in every run, and each tool's rates are its counts over its own run's duration, which its
+requests' latencies together cannot exceed. How close the two tools' figures come is a speed
+figure, and speed figures are printed by the benchmark script, not asserted by a unit test: on a
+2-core machine the two clients share the cores with the server, and vLLM's client does more per
+chunk, so its figures differ from ours by an amount that depends on the machine and its load.
+`python -m labs.core.bench.crosscheck` prints that table with its 10% verdict, and its
+`crosscheck` docstring states the spread measured between sessions. That the definitions are
+vLLM's is checked exactly, without noise, by `test_summary_equals_vllm_calculate_metrics`.
 """
 
 from __future__ import annotations
@@ -199,7 +199,8 @@ def test_metrics_poller_and_monitor_during_a_run(server: Server) -> None:
     assert samples["kv_cache_usage_perc"].between(0, 1).all() and (samples["num_requests_waiting"] >= 0).all()
     # A scrape sent after a first token arrived and answered before any request was half-way through
     # its decode (as the client saw it) read the engine while all 4 were running. A starved API
-    # server may answer none in that window (CI saw one scrape take 1.3 s): then nothing to check.
+    # server may answer none in that window (a scrape can take longer than the window; the test prints
+    # the slowest scrape's time): then nothing to check.
     t0 = poller._t0
     first_token_s = min(o.start_time + o.ttft for o in wave.outputs) - t0
     half_decoded_s = min(o.start_time + (o.ttft + o.latency) / 2 for o in wave.outputs) - t0

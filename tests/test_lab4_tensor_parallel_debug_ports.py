@@ -1,8 +1,9 @@
-"""Tensor-parallel debugging twice in a row (issue 10): a stopped session must leave the ports free.
+"""Tensor-parallel debugging twice in a row: a stopped session must leave the ports free.
 
-Seen: after a debug session of the ranks was stopped, debugpy's adapter processes of the killed
-ranks kept 127.0.0.1:5679/5680, and the next launch of vLLM's TP workers died with a traceback
-ending in "Address already in use" inside vLLM's worker start-up. These tests drive that path with
+The rule: the debugger ports of the ranks (127.0.0.1:5679+rank) close with the ranks' processes
+however they end, so the next launch of vLLM's TP workers gets them instead of dying with
+"Address already in use" inside vLLM's worker start-up (a debugpy adapter in its own process
+outlives its killed debuggee: see `labs.core.debug.listener`). These tests drive that path with
 real processes and real debugpy: a session of the ranks, attached and stopped at the all-reduce,
 is killed as VS Code's stop kills it (debugpy's launcher SIGKILLs the debuggee's process group,
 while the attached debuggers are still connected), then the next launch runs on the same ports.

@@ -120,7 +120,9 @@ def test_recording_leaves_the_scheduler_as_it_was(llm: Any) -> None:
 
 
 def test_one_constraint_per_request() -> None:
-    with pytest.raises(Exception, match="only use one kind"):
+    from vllm.exceptions import VLLMValidationError
+
+    with pytest.raises(VLLMValidationError, match="only use one kind"):
         structured_outputs_params(json=st.PHRASE_SCHEMA, regex=st.PHONE_REGEX)
     assert st.Constraint("r", "regex", st.PHONE_REGEX).is_valid("123-4567")
     assert not st.JSON.is_valid('{"zh": 1}') and st.JSON.is_valid('{"zh": "好"}')

@@ -5,8 +5,8 @@ Two hangs this prevents:
 
 1. A paused engine-core process. vLLM's v1 engine runs its core (scheduler + model) in a second
    process by default. Under a debugger, debugpy injects itself into that process too, and
-   pausing either side leaves the other waiting on a socket forever; engine start-up was seen
-   to never finish. With `VLLM_ENABLE_V1_MULTIPROCESSING=0` the core runs in this process, so
+   pausing either side leaves the other waiting on a socket forever, and engine start-up can
+   hang for good. With `VLLM_ENABLE_V1_MULTIPROCESSING=0` the core runs in this process, so
    a breakpoint in the scheduler or the model's `forward` is just a breakpoint.
 2. A logging deadlock. Python's logging handlers hold a lock while writing. When the debugger
    pauses a vLLM thread inside `logger.info(...)` (it holds the stream handler's lock), and you
