@@ -1,12 +1,17 @@
 """The version-checked door to vLLM internals: the only importer of vLLM's internal modules.
 
 The rule tests read the source (AST), module level and inside functions alike, so a lazy
-`from vllm.v1... import` cannot hide; the live tests run on the real engine.
+`from vllm.v1... import` cannot hide, nor a module path in a string that another process runs
+(`python -m vllm.entrypoints...`, `python -c "from vllm.benchmarks..."`); the live tests run on
+the real engine.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib.util
+import pkgutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +26,22 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "labs" / "core" / "vllm_internals"
 CHECKED_TREES = (REPO / "labs", REPO / "my_debug_scripts")
 IMPORTERS = {"import_module", "__import__"}  # importlib.import_module("vllm.x"), __import__("vllm.x")
+DOTTED_VLLM = re.compile(r"(?<![\w.])vllm((?:\.[A-Za-z_]\w*)+)")  # "vllm.a.b" in any text, not "x.vllm.a"
+
+
+def vllm_submodules() -> frozenset[str]:
+    """The installed vLLM's top-level submodule names (`v1`, `entrypoints`, `envs`, ...), read from
+    its folder without importing it.
+
+    Why the installed package decides: the import rule's line is "a `vllm.<submodule>` is
+    internal, a name `from vllm import X` gives is public", and only vLLM's own folder tells a
+    submodule (`vllm.sampling_params`) from a public name (`vllm.SamplingParams`, `vllm.__version__`)
+    or from a string that only looks dotted (the entry-point group "vllm.general_plugins", the pid
+    file "vllm.pid").
+    """
+    spec = importlib.util.find_spec("vllm")
+    assert spec is not None and spec.submodule_search_locations, "vLLM is not installed"
+    return frozenset(m.name for m in pkgutil.iter_modules(list(spec.submodule_search_locations)))
 
 
 def internal_vllm_imports(source: str, filename: str = "<source>") -> list[tuple[int, str]]:
@@ -42,6 +63,31 @@ def internal_vllm_imports(source: str, filename: str = "<source>") -> list[tuple
             if name in IMPORTERS and isinstance(target, str) and target.startswith("vllm."):
                 found.append((node.lineno, target))
     return found
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    """ids of the module, class and function docstring nodes: prose for readers, not code that runs."""
+    bodies = (n.body for n in ast.walk(tree)
+              if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)))
+    return {id(body[0].value) for body in bodies
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)}
+
+
+def internal_vllm_strings(source: str, submodules: frozenset[str], filename: str = "<source>") -> list[tuple[int, str]]:
+    """(line, path) for every dotted `vllm.<submodule>...` path in a string literal of `source`.
+
+    Why strings too: a module path handed to another process (`[sys.executable, "-m",
+    "vllm.entrypoints.openai.api_server"]`, a `python -c` code string) breaks on a vLLM upgrade
+    exactly as an import does. Docstrings are exempt (they explain, nothing runs them), and so is
+    every dotted name whose first part is not a vLLM submodule (see `vllm_submodules`).
+    """
+    tree = ast.parse(source, filename=filename)
+    docstrings = _docstrings(tree)
+    return [(node.lineno, "vllm" + match.group(1))
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+            for match in DOTTED_VLLM.finditer(node.value)
+            if match.group(1).split(".")[1] in submodules]
 
 
 def _checked_files() -> list[Path]:
@@ -71,6 +117,31 @@ def test_only_this_package_imports_vllm_internals() -> None:
                  for line, module in internal_vllm_imports(path.read_text(), str(path))]
     assert not offenders, ("vLLM internals reached outside labs/core/vllm_internals/ (add a function or "
                            "re-export there instead):\n" + "\n".join(offenders))
+
+
+def test_the_string_rule_catches_module_paths_and_passes_public_names() -> None:
+    source = '''"""Run `python -m vllm.entrypoints.openai.api_server` (a docstring: prose, exempt)."""
+SERVER = "vllm.entrypoints.openai.api_server"
+CODE = ("import sys; from vllm.benchmarks.serve import main; "
+        "print(vllm.__version__)")
+PUBLIC = ["vllm.LLM", "vllm.SamplingParams", "vllm.general_plugins", "vllm.pid", "myvllm.v1", "x.vllm.v1"]
+def f():
+    """vllm.v1.core in a function's docstring is prose too."""
+    return f"{SERVER} -m vllm.envs"
+'''
+    assert internal_vllm_strings(source, vllm_submodules()) == [
+        (2, "vllm.entrypoints.openai.api_server"), (3, "vllm.benchmarks.serve"), (8, "vllm.envs")]
+
+
+def test_only_this_package_names_vllm_module_paths_in_strings() -> None:
+    """A module path run by another process moves between vLLM releases like an import does."""
+    submodules = vllm_submodules()
+    assert {"v1", "entrypoints", "benchmarks", "envs"} <= submodules and "LLM" not in submodules
+    offenders = [f"{path.relative_to(REPO)}:{line}: names {dotted}"
+                 for path in _checked_files()
+                 for line, dotted in internal_vllm_strings(path.read_text(), submodules, str(path))]
+    assert not offenders, ("vLLM module paths named outside labs/core/vllm_internals/ (name them there "
+                           "and import the name instead):\n" + "\n".join(offenders))
 
 
 def test_the_package_imports_no_lab() -> None:

