@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +27,10 @@ from labs.lab3_continuous_batching.costs import expected_steps, running_per_step
 from labs.core.live import StepObservation
 from labs.core.predict import NO_PREDICTION, check_choice, check_number
 from labs.lab3_continuous_batching.predictions import preemptions, recompute_tax
+from tests.fresh_process import record_in_fresh_process
 
 pytestmark = pytest.mark.engine
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 BATCH_SIZE = SCARCE_KV["max_num_seqs"]
 TINY_TRACES = {"equal lengths": equal_lengths_trace(2 * BATCH_SIZE, max_tokens=4, prompt_len=8),
                "mixed lengths": mixed_lengths_trace(BATCH_SIZE, 2, long=12, short=2, prompt_len=8)}
@@ -74,11 +72,7 @@ def record_live_run(out_path: str) -> None:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    out = tmp_path_factory.mktemp("lab3") / "live.json"
-    code = f"from {__name__} import record_live_run; record_live_run({str(out)!r})"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    record = json.loads(out.read_text(encoding="utf-8"))
+    record = record_in_fresh_process(record_live_run, tmp_path_factory.mktemp("lab3") / "live.json")
     record["history"] = [StepObservation(**obs) for obs in record["history"]]
     record["comparison"] = pd.DataFrame(record["comparison"])
     return record

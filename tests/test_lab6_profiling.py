@@ -1,15 +1,13 @@
 """Lab 6 (labs/lab6_profiling/profiling.py) against the real engine: vLLM's profiler, stage timing, roofline, py-spy.
 
-The profiler needs an engine built with `profiler_config`, so it runs in a subprocess (a second
-engine in this process could not be freed without breaking the session `llm`); stage timing and
+The profiler needs an engine built with `profiler_config`, so it runs in a subprocess
+(tests/profiling_support.py, shared with the predictions' tests); stage timing and
 the roofline use the session engine; py-spy dumps the session's real server (`vllm_server`).
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,33 +15,12 @@ import pytest
 
 from labs.lab6_profiling import profiling as prof
 from labs.core import vllm_internals as vi
-from tests.conftest import REPO_ROOT
-
-PROFILE_CHILD = """
-import json, sys
-from pathlib import Path
-from vllm import SamplingParams
-from labs.lab6_profiling import profiling as prof
-from labs.core.engine import free_llm, make_llm
-
-llm = make_llm(verbose=False, profiler_config=prof.profiler_config(Path(sys.argv[1])))
-prompts = [[10 + i + j for j in range(20 + 3 * i)] for i in range(3)]  # 20, 23, 26 prompt tokens
-params = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
-llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)  # warm-up, not profiled
-result = prof.profile_generate(llm, [{"prompt_token_ids": p} for p in prompts], params, prefix="test")
-free_llm(llm)
-print(json.dumps({"trace_path": str(result.trace_path), "num_prompt_tokens": sum(map(len, prompts)),
-                  "top_ops": result.top_ops.to_dict("records"), "vllm_table": result.vllm_table}))
-"""
+from tests.profiling_support import profile_in_fresh_process
 
 
 @pytest.fixture(scope="module")
 def profiled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    trace_dir = tmp_path_factory.mktemp("profiles")
-    done = subprocess.run([sys.executable, "-c", PROFILE_CHILD, str(trace_dir)], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return {**json.loads(done.stdout.strip().splitlines()[-1]), "trace_dir": trace_dir}
+    return profile_in_fresh_process(tmp_path_factory.mktemp("profiles"))
 
 
 @pytest.mark.engine

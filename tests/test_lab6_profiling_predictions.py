@@ -9,8 +9,6 @@ per-request timings, and the burst's requests really in flight together.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +18,12 @@ import pytest
 from labs.core.predict import NO_PREDICTION
 from labs.lab6_profiling import predictions
 from labs.lab6_profiling import profiling as prof
-from tests.conftest import REPO_ROOT
-from tests.test_lab6_profiling import PROFILE_CHILD  # 3 prompts, 4 output tokens each, ignore_eos
+from tests.profiling_support import profile_in_fresh_process  # 3 prompts, 4 output tokens each, ignore_eos
 
 
 @pytest.fixture(scope="module")
 def trace_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    trace_dir = tmp_path_factory.mktemp("profiles")
-    done = subprocess.run([sys.executable, "-c", PROFILE_CHILD, str(trace_dir)], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return Path(json.loads(done.stdout.strip().splitlines()[-1])["trace_path"])
+    return Path(profile_in_fresh_process(tmp_path_factory.mktemp("profiles"))["trace_path"])
 
 
 @pytest.mark.engine

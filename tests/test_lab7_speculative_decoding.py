@@ -10,8 +10,6 @@ rule, the final outputs, and the predictions against the raw steps. No speed is 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,7 @@ from labs.lab7_speculative_decoding import predictions
 from labs.lab7_speculative_decoding.solution import propose_ngram
 from labs.lab7_speculative_decoding.speculation import (NGRAM_CONFIG, WorkloadRun, comparison_table, request_contexts,
                                                         step_cost)
-from tests.conftest import REPO_ROOT
+from tests.fresh_process import record_in_fresh_process
 
 K = NGRAM_CONFIG["num_speculative_tokens"]
 MAX_TOKENS = 40
@@ -54,11 +52,7 @@ def record_live_run(out_path: str) -> None:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    out = tmp_path_factory.mktemp("lab7") / "live.json"
-    code = f"from {__name__} import record_live_run; record_live_run({str(out)!r})"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    record = json.loads(out.read_text(encoding="utf-8"))
+    record = record_in_fresh_process(record_live_run, tmp_path_factory.mktemp("lab7") / "live.json")
     record["runs"] = {(r["workload"], r["mode"]): WorkloadRun.from_dict(r) for r in record["runs"]}
     return record
 
