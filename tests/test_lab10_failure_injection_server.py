@@ -95,7 +95,7 @@ def test_restart_without_the_injection_serves_again(captured: dict[str, Any]) ->
     assert scenarios.recover(server, echo=messages.append) == "HTTP 200"
     said = "\n".join(messages)
     assert "nothing to stop" in said or "stale" in said, f"the restart says what it found of the old server:\n{said}"
-    assert f"stop: python -m labs.core.serve stop --log-dir {server.config.log_dir}" in said, \
+    assert f"stop: python -m labs.core.serve stop --log-dir {server.log_dir}" in said, \
         f"the stop hint names this server's folder, not the default server's make vllm-stop:\n{said}"
     assert "UP" in sf.status_line(server)
     assert all(sf.alive(server.procs).values())

@@ -3,8 +3,9 @@
 `capture_states` walks one server through running -> overloaded -> hung -> crashed and keeps a
 `ServerState` of each (what the tests and the exercises' grader use); `diagnose` turns a state
 into the lines an operator would write in an incident channel; `recover` is the fix: stop what is
-left and start the server again without the injection (`labs.core.serve.restart`, as
-`python -m labs.core.serve restart` does), and check it answers.
+left and start the server again without the injection (`server_faults.restart_fault_server`:
+`stop` on its folder, as `python -m labs.core.serve stop --log-dir DIR` does, then a new owned
+server), and check it answers.
 """
 
 from __future__ import annotations
@@ -14,14 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from labs.core.environ import environ_set
 from labs.core.paths import REPO_ROOT
-from labs.core.serve import restart
-from labs.core.vllm_internals.failures import PAUSE_FILE_ENV
 from labs.core.debug.pyspy import ThreadDump, explain_thread
 from labs.lab10_failure_injection.server_faults import (EXECUTE_MODEL_TIMEOUT_S, FaultServer, ServerState, alive,
-                                                        in_background, kill_worker, log_tail, observe, send_completion,
-                                                        status_line, wait_for)
+                                                        in_background, kill_worker, log_tail, observe,
+                                                        restart_fault_server, send_completion, status_line, wait_for)
 
 RECORDED_STATES = Path(__file__).resolve().with_name("recorded_server_states.json")
 # Client-side: how long a request may take before the operator's client gives up.
@@ -164,10 +162,7 @@ def diagnose(state: ServerState, label: str) -> list[str]:
 
 
 def recover(server: FaultServer, echo: Any = print) -> str:
-    """The fix: restart the same server without the pause armed (`restart` stops what is left first); returns its status."""
+    """The fix: stop what is left and start the server again without the pause armed; returns what a request gets."""
     server.pause_file.unlink(missing_ok=True)
-    config = server.config
-    with environ_set({PAUSE_FILE_ENV: None}):  # the restarted server must not arm the pause again
-        restart(config, grace_s=10, timeout_s=600, echo=echo)
-    server.refresh()
+    restart_fault_server(server, echo=echo)
     return send_completion(server, 8, 60)

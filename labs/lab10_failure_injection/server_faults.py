@@ -1,8 +1,9 @@
 """Lab 10, parts 2 and 3: a vLLM server that hangs and one that crashes, seen as an operator sees them.
 
-One real server (`python -m vllm.entrypoints.openai.api_server`, started by the workbook's server
-manager on a free port with its own log folder) is put through four states, and at each one the
-lab takes what an operator can take from outside: two `/metrics` readings a few seconds apart,
+One real server (vLLM's OpenAI API server, started on a free port with its own log folder by
+`labs.core.serve.owned_server`, the workbook's one way a test or notebook starts a server, so it is
+stopped even when the run is killed) is put through four states, and at each one the lab takes
+what an operator can take from outside: two `/metrics` readings a few seconds apart,
 which of its three processes are alive (API server, engine core, model worker), `/health`, a
 client request with a timeout, and `py-spy dump` of every process.
 
@@ -12,6 +13,11 @@ client request with a timeout, and `py-spy dump` of every process.
                  plugin): every process alive, /health 200, no token moves, the client times out
     crashed      the worker killed with SIGKILL mid-run: vLLM's monitors end the engine core and
                  the API server; the managed server's status says DOWN and a restart brings it back
+
+The faults need nothing from `owned_server` but what any caller has: `--max-num-seqs` as extra
+server flags, and the pause file and step timeout in the environment the server inherits. The
+restart is the operator's: `stop` on the log folder (it says what it found: a hung server stopped,
+a crashed one's stale pid file), then a new owned server there, without the pause armed.
 """
 
 from __future__ import annotations
@@ -30,8 +36,9 @@ import requests
 from labs.core.bench.server_metrics import fetch_metrics_text, parse_metrics
 from labs.core.environ import environ_set
 from labs.core.paths import RUNS_DIR
-from labs.core.serve import build_config, find_free_port, start_background, status, stop
-from labs.core.serve.config import ServerConfig
+from labs.core.serve import OwnedServer, ServeError, owned_server, status, stop
+from labs.core.serve.health import fetch_models
+from labs.core.serve.manager import stop_command
 from labs.core.serve.records import read_record
 from labs.core.vllm_internals.failures import PAUSE_FILE_ENV
 from labs.core.debug.pyspy import py_spy_dump
@@ -119,49 +126,81 @@ def health_status(url: str) -> int | None:
 
 @dataclass
 class FaultServer:
-    """A server for this lab: its config (to restart it the same way) and its API key."""
+    """A server for this lab: its log folder (pid file, logs, PAUSE), the owned server in it now
+    (replaced by a restart), the model it serves and its processes by role."""
 
-    config: ServerConfig
+    log_dir: Path
+    owned: OwnedServer
     model: str
     procs: dict[str, psutil.Process | None] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
-        return self.config.url
+        return self.owned.url
 
     @property
     def pause_file(self) -> Path:
-        return self.config.log_dir / "PAUSE"
+        return self.log_dir / "PAUSE"
 
     def refresh(self) -> None:
-        record = read_record(self.config.log_dir)
+        record = read_record(self.log_dir)
         self.procs = server_processes(record.pid) if record else dict.fromkeys(ROLES)
+
+
+def _owned_fault_server(log_dir: Path, pause_armed: bool, echo: Any) -> OwnedServer:
+    """A new owned server in `log_dir` with the lab's flags and fault environment.
+
+    The pause is armed through the environment the server inherits (`WORKBOOK_FAULT_PAUSE_FILE`;
+    unset when not armed, so a restart cannot inherit it); nothing pauses until the file exists.
+    Workers are spawned (a forked worker would skip vLLM's plugins, see
+    labs/core/debug/vllm_workers.py).
+
+    Raises:
+        ServeError: it could not start, or a server was already up in `log_dir` (an earlier run's:
+            a fault server must start fresh, with the pause armed as asked and no fault in it).
+    """
+    overrides: dict[str, str | None] = {"VLLM_WORKER_MULTIPROC_METHOD": "spawn",
+                                        "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": str(EXECUTE_MODEL_TIMEOUT_S),
+                                        PAUSE_FILE_ENV: str(log_dir / "PAUSE") if pause_armed else None}
+    echo("Injected into the server's environment: "
+         + " ".join(f"{k}={v}" for k, v in overrides.items() if v is not None))
+    with environ_set(overrides):  # the server's environment is ours plus its settings (config.child_env)
+        owned = owned_server("vllm-lab10", log_dir=log_dir, extra_args=("--max-num-seqs", str(MAX_NUM_SEQS)),
+                             timeout_s=600, echo=echo)
+    if owned.reused:
+        owned.stop(echo)  # lets go of it; it is not ours to stop
+        raise ServeError(f"A server is already running from {log_dir}: stop it first: {stop_command(log_dir)}")
+    return owned
 
 
 def start_fault_server(log_dir: Path = FAULTS_DIR / "server", *, pause_armed: bool = True,
                        echo: Any = print) -> FaultServer:
     """Start the lab's server on a free port, its worker pausable through `<log_dir>/PAUSE`.
 
-    The pause is armed through the environment the server inherits (`WORKBOOK_FAULT_PAUSE_FILE`);
-    nothing pauses until the file exists. Workers are spawned (a forked worker would skip vLLM's
-    plugins, see labs/core/debug/vllm_workers.py).
+    Owned by this process (`owned_server`): `stop_server` stops it, and so does the owner's end,
+    however it ends (a killed test run leaves no server behind).
     """
     log_dir = Path(log_dir).resolve()
     log_dir.mkdir(parents=True, exist_ok=True)
     (log_dir / "PAUSE").unlink(missing_ok=True)
-    port = find_free_port()
-    config = build_config(port=port, log_dir=log_dir, session_name=f"vllm-lab10-{port}",
-                          extra_args=("--max-num-seqs", str(MAX_NUM_SEQS)), unset_env=("VLLM_LOGGING_LEVEL",))
-    overrides = {"VLLM_WORKER_MULTIPROC_METHOD": "spawn",
-                 "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": str(EXECUTE_MODEL_TIMEOUT_S)}
-    if pause_armed:
-        overrides[PAUSE_FILE_ENV] = str(log_dir / "PAUSE")
-    echo("Injected into the server's environment: " + " ".join(f"{k}={v}" for k, v in overrides.items()))
-    with environ_set(overrides):  # the server's environment is ours plus its settings (config.child_env)
-        started = start_background(config, timeout_s=600, echo=echo)
-    server = FaultServer(config, started.served_model_names[0])
+    owned = _owned_fault_server(log_dir, pause_armed, echo)
+    server = FaultServer(log_dir, owned, fetch_models(owned.url, owned.api_key)[0].id)
     server.refresh()
     return server
+
+
+def restart_fault_server(server: FaultServer, echo: Any = print) -> None:
+    """The operator's fix: stop what is left in the server's folder, then start it again without the pause armed.
+
+    Why `stop` first and not only the owner's release: `stop` says what it found (a hung server
+    stopped, a crashed one's stale pid file removed, or nothing), which is the lesson; the release
+    after it only lets go of the old server's ownership. The new server is owned like the first,
+    on a new free port (`server.url` follows it).
+    """
+    stop(log_dir=server.log_dir, grace_s=10, echo=echo)  # a hung server ignores SIGTERM: SIGKILL after 10 s
+    server.owned.stop(echo)
+    server.owned = _owned_fault_server(server.log_dir, pause_armed=False, echo=echo)
+    server.refresh()
 
 
 def send_completion(server: FaultServer, max_tokens: int, timeout_s: float, results: list[str] | None = None,
@@ -211,7 +250,9 @@ def observe(server: FaultServer, label: str, interval_s: float = 3.0, dump: bool
 def log_tail(server: FaultServer, num_lines: int = 40, needles: tuple[str, ...] = (
         "died unexpectedly", "EngineDeadError:", "TimeoutError", "Shutting down", "force killing")) -> list[str]:
     """The server log's lines that matter after a failure (the last `num_lines` matching ones)."""
-    record_log = sorted(server.config.log_dir.glob("*.log"), key=lambda p: p.stat().st_mtime)
+    # The server's own logs (labs.core.serve.launch.new_log_path names them), not the owner's
+    # watchdog.log in the same folder, which is written last when the server dies.
+    record_log = sorted(server.log_dir.glob("vllm-*-port*.log"), key=lambda p: p.stat().st_mtime)
     if not record_log:
         return []
     lines = record_log[-1].read_text(errors="replace").splitlines()
@@ -238,9 +279,10 @@ def wait_for(condition: Any, timeout_s: float, poll_s: float = 0.5) -> bool:
 
 def status_line(server: FaultServer) -> str:
     """What `python -m labs.core.serve status --log-dir ...` says about this server now."""
-    return status(server.url, log_dir=server.config.log_dir).describe(server.config.log_dir)
+    return status(server.url, log_dir=server.log_dir).describe(server.log_dir)
 
 
 def stop_server(server: FaultServer, echo: Any = print) -> None:
+    """Release the server; as its only owner, that stops it (a hung one gets SIGKILL after 10 s)."""
     server.pause_file.unlink(missing_ok=True)
-    stop(log_dir=server.config.log_dir, grace_s=10, echo=echo)
+    server.owned.stop(echo)

@@ -2,8 +2,10 @@
 
 `owned_server` is the one way a notebook or a test starts a vLLM server for its own use (the
 notebooks directly or through `labs.capstone_translation.notebook.lab_server`; the tests through the
-`vllm_server` fixture in tests/conftest.py). Only tests of the other start paths (`start-bg`,
-`start`, the process launcher, start order) call `start_background` or the CLI themselves.
+`vllm_server` fixture in tests/conftest.py; a lab's own servers, such as Lab 10's fault server, whose
+extra environment is simply the caller's: `environ_set` around the call). Only tests of the other
+start paths (`start-bg`, `start`, the process launcher, start order) call `start_background` or the
+CLI themselves.
 
 The rule: a server a notebook starts must not outlive the notebook, however it ends (a failed
 cell, an interrupt, a restarted or killed kernel), and a rerun must not start a second one
