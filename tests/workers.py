@@ -10,11 +10,10 @@ size, and everything it starts inherits them (notebook kernels, servers, subproc
 sizes an in-process engine from the binding), while Python threads, API servers and engine-core
 loops still run on any core.
 
-Why not pin the whole worker to its cores (sched_setaffinity, tried first): a server's engine core
-busy-waits on its worker during a step, and on one core that spin steals the worker's time:
-notebook 06's second run took 146 s pinned against 39 s in a serial run. The farm-bench figure
-that motivated the split (two notebooks side by side 0.29x the wall time of one after the other)
-came from separating the engines' compute, which this keeps.
+Why not pin the whole worker to its cores (sched_setaffinity): a server's engine core busy-waits
+on its worker during a step, and on one core that spin steals the worker's time (notebook 06's
+second run: 146 s pinned against 39 s unpinned). Binding only the engines' compute keeps what
+matters: two notebooks side by side take 0.29x the wall time of one after the other (farm-bench).
 
 Why groups (`pytest_xdist_make_scheduler` below): a test module's module- and session-scoped fixtures (an engine, a
 recorded run) are set up once per worker that runs any of its tests, so every module goes to one

@@ -5,7 +5,8 @@ notebooks directly or through `labs.capstone_translation.notebook.lab_server`; t
 `vllm_server` fixture in tests/conftest.py; a lab's own servers, such as Lab 10's fault server, whose
 extra environment is simply the caller's: `environ_set` around the call). Only tests of the other
 start paths (`start-bg`, `start`, the process launcher, start order) call `start_background` or the
-CLI themselves.
+CLI themselves, and `labs.core.bench.server_modes`, a measuring tool that starts one server per
+engine layout with that layout's engine environment and stops them in its own `finally`.
 
 The rule: a server a notebook starts must not outlive the notebook, however it ends (a failed
 cell, an interrupt, a restarted or killed kernel), and a rerun must not start a second one
