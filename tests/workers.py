@@ -12,8 +12,8 @@ loops still run on any core.
 
 Why not pin the whole worker to its cores (sched_setaffinity): a server's engine core busy-waits
 on its worker during a step, and on one core that spin steals the worker's time (notebook 06's
-second run: 146 s pinned against 39 s unpinned). Binding only the engines' compute keeps what
-matters: two notebooks side by side take 0.29x the wall time of one after the other (farm-bench).
+second run: 146 s pinned against 39 s unpinned). Binding only the engines' compute keeps them
+apart just as well (tests/bench_in_process_threads.py: 1.1x the time of one engine alone).
 
 Why groups (`pytest_xdist_make_scheduler` below): a test module's module- and session-scoped fixtures (an engine, a
 recorded run) are set up once per worker that runs any of its tests, so every module goes to one
