@@ -1,11 +1,11 @@
 """`make progress`: where you stand, read from the graders themselves (nothing stored).
 
     python -m labs.progress                  # every lab, your answers (LABS_GRADE=learner)
-    python -m labs.progress --labs 2,3       # some labs only
+    python -m labs.progress --labs 2,3       # some labs only (`capstone`: the capstone's exercise)
     python -m labs.progress --grade solution # the reference in your place: everything passes
 
-Runs each lab's graded tests (tests/exercises/test_labN_*.py) once, in one pytest process, and
-classifies every lab from the outcome of each test:
+Runs each lab's graded tests (tests/exercises/test_labN_*.py; the capstone's: test_capstone_*.py)
+once, in one pytest process, and classifies every lab from the outcome of each test:
     passed        every test passes
     not started   every failing test failed with NotImplementedError (the stub's own error) and
                   the only passing tests are the graders' self-checks (they pass without your code)
@@ -42,9 +42,11 @@ ENGINE_PART_TESTS: dict[str, str] = {
     "lab3_scheduler": "tests/exercises/test_lab3_continuous_batching.py",
     "lab4_tensor_parallel": "tests/exercises/test_lab4_tensor_parallel.py",
 }
-LAB_TITLES = {1: "basic inference", 2: "paged attention", 3: "continuous batching", 4: "tensor parallel",
-              5: "KV quantization", 6: "profiling", 7: "speculative decoding", 8: "structured outputs",
-              9: "multi-LoRA", 10: "failure injection"}
+# Labs by number; the capstone (no number) by its name, as `make grade LAB=capstone` takes it.
+LAB_TITLES: dict[int | str, str] = {
+    1: "basic inference", 2: "paged attention", 3: "continuous batching", 4: "tensor parallel",
+    5: "KV quantization", 6: "profiling", 7: "speculative decoding", 8: "structured outputs",
+    9: "multi-LoRA", 10: "failure injection", "capstone": "translation"}
 # Tests that check the grader itself (it fails planted wrong answers; your file has the reference's
 # signatures): they pass on the untouched stubs, so they do not count as a start.
 SELF_CHECK = re.compile(r"test_grader_catches|test_learner_file_mirrors_the_reference")
@@ -228,18 +230,35 @@ def smoke_your_engine(run: GraderRun, grade: str) -> str:
     return lines[-1]
 
 
-def lab_test_files(lab: int) -> list[Path]:
-    return sorted(EXERCISE_TESTS.glob(f"test_lab{lab}_*.py"))
+def grader_prefix(lab: int | str) -> str:
+    """The graded tests' file name prefix: `test_lab7_` for Lab 7, `test_capstone_` for the capstone."""
+    return f"test_lab{lab}_" if isinstance(lab, int) else f"test_{lab}_"
+
+
+def lab_test_files(lab: int | str) -> list[Path]:
+    """The graded tests of `lab` (a number, or "capstone"), as `make grade LAB=...` runs them."""
+    return sorted(EXERCISE_TESTS.glob(f"{grader_prefix(lab)}*.py"))
+
+
+def lab_label(lab: int | str) -> str:
+    """The table's row name: "Lab 7: speculative decoding", "Capstone: translation"."""
+    return f"{'Lab ' + str(lab) if isinstance(lab, int) else str(lab).capitalize()}: {LAB_TITLES.get(lab, '')}"
+
+
+def parse_labs(value: str) -> list[int | str]:
+    """`--labs` as numbers and names: "2,3,capstone" -> [2, 3, "capstone"]."""
+    return [int(x) if x.strip().isdigit() else x.strip() for x in value.split(",") if x.strip()]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m labs.progress", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--labs", default=",".join(map(str, LAB_TITLES)), help="comma-separated lab numbers (default: all)")
+    parser.add_argument("--labs", default=",".join(map(str, LAB_TITLES)),
+                        help="comma-separated lab numbers, and `capstone` (default: all)")
     parser.add_argument("--grade", default="learner",
                         help="whose answers: learner (yours, default), solution, or a module path")
     parser.add_argument("--no-engine", action="store_true", help="skip the smoke run of your engine")
     args = parser.parse_args(argv)
-    labs = [int(x) for x in args.labs.split(",") if x.strip()]
+    labs = parse_labs(args.labs)
     files = {lab: lab_test_files(lab) for lab in labs}
     print(f"Running the graders of lab{'s' if len(labs) > 1 else ''} {', '.join(map(str, labs))} "
           f"on {'your answers' if args.grade == 'learner' else args.grade} (LABS_GRADE={args.grade}) ...",
@@ -258,8 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         outcomes = [o for f in files[lab] for o in run.of_file(f)]
         status = classify(outcomes)
         per_file = "" if len(files[lab]) < 2 else "  (" + ", ".join(
-            f"{f.stem.removeprefix(f'test_lab{lab}_')}: {classify(run.of_file(f)).label}" for f in files[lab]) + ")"
-        rows.append((f"Lab {lab}: {LAB_TITLES.get(lab, '')}", f"{status.label}{per_file}",
+            f"{f.stem.removeprefix(grader_prefix(lab))}: {classify(run.of_file(f)).label}" for f in files[lab]) + ")"
+        rows.append((lab_label(lab), f"{status.label}{per_file}",
                      f"{len(outcomes)} tests, {sum(o.duration for o in outcomes):.0f}s"))
     if not args.no_engine:
         rows.append(("Your engine", smoke_your_engine(run, args.grade), ""))
@@ -268,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'':<{width}}  status")
     for name, label, note in rows:
         print(f"{name:<{width}}  {label}{f'   [{note}]' if note else ''}")
-    print(f"\n(graders: {run.seconds:.0f}s; `make grade LAB=N` shows any lab's failures in full)")
+    print(f"\n(graders: {run.seconds:.0f}s; `make grade LAB=N` or LAB=capstone shows its failures in full)")
     return 0
 
 

@@ -5,6 +5,9 @@ translation within the server's `max_model_len`. The planner therefore budgets s
 per chunk from the context length (read from the server) and a conservative estimate of how
 many output tokens a source token turns into; the real `max_tokens` of each request is then
 whatever the context has left once the exact prompt length is known.
+
+The two budget rules (`source_budget`, `plan_chunks`) are the capstone's exercise: the reference
+is solution.py, yours exercise.py, and `chunker()` picks which one the pipeline runs.
 """
 
 from __future__ import annotations
@@ -12,10 +15,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 
 from labs.core.errors import WorkbookError
+from labs.core.grading import engine_part
 
 _SENTENCE_END = re.compile(r"(?<=[。！？!?])")
+CHUNKING_EXERCISE = "capstone_chunking"  # its name in labs.core.grading.EXERCISES
 
 
 class ContextTooSmallError(WorkbookError):
@@ -66,43 +72,32 @@ class ChunkBudget:
     whole_document: bool
 
 
+def chunker() -> ModuleType:
+    """The module whose `source_budget` and `plan_chunks` the pipeline runs.
+
+    Why a switch: they are the capstone's exercise (labs/capstone_translation/exercise.py). The
+    pipeline runs the reference (solution.py) unless you opt in with `LABS_ENGINE=learner` (or a
+    module path), the same switch that builds the mini engine from your Lab 2-4 answers
+    (`labs.core.grading.engine_part`); `make grade LAB=capstone` sets it for its vLLM check only.
+
+    Returns:
+        labs.capstone_translation.solution, or the module $LABS_ENGINE names.
+    """
+    return engine_part(CHUNKING_EXERCISE)
+
+
 def source_budget(max_model_len: int, num_shared_tokens: int, num_document_tokens: int, *,
                   max_chunk_tokens: int | None, output_ratio: float, overlap: int,
                   whole_document_allowed: bool = True, per_request_overhead: int = 16) -> ChunkBudget:
-    """Source tokens per chunk.
+    """Source and context tokens per chunk, so that each request's prompt + output fits `max_model_len`.
 
-    A request holds shared prompt + context + source + output, and output ~ output_ratio x source.
-    The context (overlap) costs its tokens once, with no output; it is given up to half as many
-    tokens as the source, so a chunk's own text always dominates its request.
-
-    Args:
-        max_model_len: from the server's `/v1/models`, not guessed from the model's name.
-        num_shared_tokens: tokens of the shared prompt.
-        num_document_tokens: tokens of the whole document's text.
-        max_chunk_tokens: the user's cap (smaller chunks: more concurrency, shorter outputs);
-            None: as large as the context allows.
-        output_ratio: output tokens per source token to reserve (JA->ZH is usually below 1.5).
-        overlap: segments of context per chunk (0: none).
-        whole_document_allowed: False when another limit (paragraphs per chunk) forces chunks.
-        per_request_overhead: chat-template tokens around the user turn and the [n] markers.
-
-    Raises:
-        ContextTooSmallError: the shared prompt alone nearly fills the context.
+    See labs/capstone_translation/solution.py (the reference) for the rule and its arguments;
+    this runs `chunker()`'s.
     """
-    free = max_model_len - num_shared_tokens - per_request_overhead
-    whole_fits = int(free / (1 + output_ratio))
-    if (whole_document_allowed and whole_fits >= num_document_tokens
-            and (max_chunk_tokens is None or num_document_tokens <= max_chunk_tokens)):
-        return ChunkBudget(max_model_len, num_shared_tokens, num_document_tokens, 0, True)
-    context_share = 0.5 if overlap else 0.0
-    fits = int(free / (1 + output_ratio + context_share))
-    if fits < 8:
-        raise ContextTooSmallError(
-            f"The server's context ({max_model_len} tokens) is too small: the shared prompt (preface, "
-            f"glossary, examples) takes {num_shared_tokens} tokens. Use a shorter preface/glossary or a "
-            "server with a longer --max-model-len.")
-    cap = fits if max_chunk_tokens is None else min(fits, max_chunk_tokens)
-    return ChunkBudget(max_model_len, num_shared_tokens, cap, int(cap * context_share), False)
+    return chunker().source_budget(max_model_len, num_shared_tokens, num_document_tokens,
+                                   max_chunk_tokens=max_chunk_tokens, output_ratio=output_ratio, overlap=overlap,
+                                   whole_document_allowed=whole_document_allowed,
+                                   per_request_overhead=per_request_overhead)
 
 
 def split_sentences(text: str) -> list[str]:
@@ -143,31 +138,8 @@ def make_segments(paragraphs: tuple[str, ...], count_tokens: Callable[[str], int
 
 def plan_chunks(segments: list[Segment], budget: ChunkBudget, overlap: int,
                 max_paragraphs: int | None = None) -> list[Chunk]:
-    """Greedy packing of whole segments into chunks of at most `budget.max_source_tokens`.
+    """Whole segments packed into chunks within `budget`, each with up to `overlap` segments of context.
 
-    Args:
-        segments: the document, in order.
-        budget: see `source_budget`.
-        overlap: up to this many segments before each chunk (after the first) are sent as
-            context, as long as they fit in `budget.max_context_tokens`.
-        max_paragraphs: at most this many segments per chunk (None: tokens decide alone).
+    See labs/capstone_translation/solution.py (the reference); this runs `chunker()`'s.
     """
-    if budget.whole_document:
-        return [Chunk(0, 0, len(segments), 0)]
-    chunks: list[Chunk] = []
-    start = 0
-    while start < len(segments):
-        end, total = start, 0
-        while end < len(segments) and (end == start or (
-                total + segments[end].num_tokens <= budget.max_source_tokens
-                and (max_paragraphs is None or end - start < max_paragraphs))):
-            total += segments[end].num_tokens
-            end += 1
-        context_start, context_tokens = start, 0
-        while (start - context_start < overlap and context_start > 0
-               and context_tokens + segments[context_start - 1].num_tokens <= budget.max_context_tokens):
-            context_start -= 1
-            context_tokens += segments[context_start].num_tokens
-        chunks.append(Chunk(len(chunks), start, end, context_start))
-        start = end
-    return chunks
+    return chunker().plan_chunks(segments, budget, overlap, max_paragraphs)

@@ -3,9 +3,11 @@
 CS336-style: each lab folder holds the learner's file (`labs/<lab>/exercise*.py`, stubs that
 raise NotImplementedError) beside the reference (`solution*.py`). Everything that uses an
 exercise's functions (the graded tests in `tests/exercises/`, the mini engine, the Lab 4 and 5
-code) asks this switch for them, so CI stays green on the reference while you grade yours:
+code, the capstone's chunker) asks this switch for them, so CI stays green on the reference
+while you grade yours:
 
     make grade LAB=1                       # your answers  (LABS_GRADE=learner)
+    make grade LAB=capstone                # the capstone's (labs/capstone_translation/exercise.py)
     pytest tests/exercises                 # the reference (LABS_GRADE=solution, the default)
     LABS_GRADE=some.module pytest ...      # any module with the same functions
 
@@ -34,6 +36,7 @@ EXERCISES: dict[str, tuple[str, str]] = {
     "lab8_structured": ("labs.lab8_structured_outputs", ""),
     "lab9_lora": ("labs.lab9_multi_lora", ""),
     "lab10_failures": ("labs.lab10_failure_injection", ""),
+    "capstone_chunking": ("labs.capstone_translation", ""),
 }
 
 
