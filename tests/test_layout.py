@@ -280,3 +280,14 @@ def test_make_progress_lists_every_lab() -> None:
 
     numbers = {int(LAB_DIR.match(p.name).group(1)) for p in LAB_DIRS}
     assert numbers <= set(LAB_TITLES), f"labs without a title in labs/progress.py: {sorted(numbers - set(LAB_TITLES))}"
+
+
+def test_the_capstone_has_its_parts() -> None:
+    """The capstone is a lab without a number: its folder, debug script, F5 entry and grader, all named after it."""
+    from labs.progress import LAB_TITLES
+
+    capstone = LABS / CAPSTONE
+    assert all((capstone / name).is_file() for name in ("README.md", "exercise.py", "solution.py"))
+    assert (REPO / "my_debug_scripts" / f"{CAPSTONE}.py").is_file() and "capstone" in LAB_TITLES
+    assert any(name.startswith("Capstone: ") for name in _launch_config_names())
+    assert list((REPO / "tests" / "exercises").glob("test_capstone_*.py"))
