@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
+from tests.conftest import REPO_ROOT
 from tests.workers import BIND_ENV, WORKER_BIND_ENV, allowed_cores, cores_of_worker, group_of, on_own_cores
 
 
@@ -50,3 +53,17 @@ def test_a_notebooks_tests_share_one_group(request: pytest.FixtureRequest) -> No
         pytest.skip("tests/test_notebooks.py is not collected in this run")
     groups = {group_of(i.nodeid) for i in items if "02_paged_attention.ipynb" in i.nodeid}
     assert groups == {"notebook-02_paged_attention.ipynb"}
+
+
+def test_workers_take_notebooks_then_heavy_modules_then_light_ones() -> None:
+    """Collected as a worker does: light modules (no engine, server, kernel) go last, so they fill the
+    end of the run while the other worker finishes, instead of a server module running alone."""
+    light, heavy, notebooks = "tests/test_hardware.py", "tests/test_bench.py", "tests/test_notebooks.py"
+    env = {**os.environ, "PYTEST_XDIST_WORKER": "gw0", "PYTEST_XDIST_WORKER_COUNT": "2"}
+    env.pop(BIND_ENV, None)
+    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                           light, heavy, notebooks], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    files = [line.split("::")[0] for line in done.stdout.splitlines() if "::" in line]
+    order = [f for i, f in enumerate(files) if i == 0 or files[i - 1] != f]
+    assert order == [notebooks, heavy, light], order

@@ -43,6 +43,8 @@ MAX_WORKERS = 4  # each worker may hold an engine and a server (~3 GiB): memory,
 DEBUGGER_MODULES = ("test_debugpy_session.py", "test_ipdb.py", "test_lab4_tensor_parallel_debug_ports.py",
                     "test_lab4_tensor_parallel.py", "test_lab2_paged_attention_browser.py")
 ALL_CORES_NOTEBOOKS = ("04_tensor_parallel.ipynb",)  # TP=2: a core per rank
+HEAVY_MARKS = ("engine", "server", "notebook", "debugger", "browser")  # pyproject.toml's markers: seconds to minutes
+HEAVY_FIXTURES = {"llm", "vllm_server", "hf_model"}  # conftest's shared engine, server, reference model
 _NOTEBOOK_PARAM = re.compile(r"\[([^\]]*?\.ipynb)\]")
 
 
@@ -142,11 +144,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if any(nb in item.nodeid for nb in ALL_CORES_NOTEBOOKS):
             item.add_marker(pytest.mark.all_cores)
-    # Longest groups first (a notebook's runs take minutes): the workers finish together instead of
-    # one running the last notebook alone. Stable, so tests keep their order inside a group.
+    # Longest groups first (a notebook's runs take minutes, a server's start half a minute): the
+    # workers finish together on short unit-test modules instead of one running the last server
+    # module alone. Stable, so tests keep their order inside a group.
     if os.environ.get("PYTEST_XDIST_WORKER"):  # every worker collects, and all must agree on the order
-        rank = lambda item: 0 if group_of(item.nodeid).startswith("notebook-") else 1 if group_of(item.nodeid) == "debuggers" else 2  # noqa: E731
+        heavy_groups = {group_of(item.nodeid) for item in items if _is_heavy(item)}
+
+        def rank(item: pytest.Item) -> int:
+            group = group_of(item.nodeid)
+            return 0 if group.startswith("notebook-") else 1 if group == "debuggers" else 2 if group in heavy_groups else 3
+
         items.sort(key=rank)
+
+
+def _is_heavy(item: pytest.Item) -> bool:
+    """The test starts an engine, a server, a kernel, a debugger or a browser (its marks), or uses the shared ones."""
+    return (any(item.get_closest_marker(name) is not None for name in HEAVY_MARKS)
+            or bool(HEAVY_FIXTURES & set(getattr(item, "fixturenames", ()))))
 
 
 def _module_mark(request: pytest.FixtureRequest) -> bool:
