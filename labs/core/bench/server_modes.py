@@ -27,9 +27,13 @@ from labs.core import bench, serve
 
 TTFT_HISTOGRAM = "vllm:time_to_first_token_seconds"
 # The layouts compared: name -> what the server's environment adds.
+# The in-process engine gets no thread binding from vLLM (only its worker processes do): by default
+# it computes with one OpenMP thread per core, beside the API server's event loop; the third layout
+# leaves that loop a core (labs.core.engine_settings.in_process_num_threads explains the rule).
 LAYOUTS: dict[str, dict[str, str]] = {
     "separate processes (vLLM's default)": {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"},
     "engine in the API server (VLLM_ENABLE_V1_MULTIPROCESSING=0)": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"},
+    "engine in the API server, 1 OpenMP thread": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": "1"},
 }
 
 
@@ -96,8 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     medians = {name: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for name, runs in rows.items()}
     for name, m in medians.items():
         print(f"  {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in m.items()))
-    base, other = list(medians.values())
-    print(f"  throughput ratio (second / first): {other['output tok/s'] / base['output tok/s']:.2f}x")
+    first, *others = medians
+    for name in others:
+        ratio = medians[name]["output tok/s"] / medians[first]["output tok/s"]
+        print(f"  throughput ratio ({name} / {first}): {ratio:.2f}x")
     return 0
 
 

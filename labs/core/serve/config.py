@@ -191,9 +191,9 @@ class ServerConfig:
         # A notebook or test that made an in-process engine (make_llm) exported
         # VLLM_ENABLE_V1_MULTIPROCESSING=0 for its own reasons; the server's process layout is decided
         # by its engine settings (engine_env), never inherited by accident. vLLM's default layout
-        # (separate engine-core and worker processes) is kept on CPUs: `python -m labs.core.bench.server_modes`
-        # measures both layouts side by side, and on 2 cores the in-process one gave less and far
-        # less stable throughput (figures in labs/core/serve/SERVING.md).
+        # (separate engine-core and worker processes) is kept on CPUs: Labs 6 and 10 are about its
+        # processes; `python -m labs.core.bench.server_modes` measures the layouts side by side
+        # (figures in labs/core/serve/SERVING.md).
         env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
         env |= self.env_overrides()
         if self.api_key:
