@@ -47,9 +47,10 @@ LAB_TITLES: dict[int | str, str] = {
     1: "basic inference", 2: "paged attention", 3: "continuous batching", 4: "tensor parallel",
     5: "KV quantization", 6: "profiling", 7: "speculative decoding", 8: "structured outputs",
     9: "multi-LoRA", 10: "failure injection", "capstone": "translation"}
-# Tests that check the grader itself (it fails planted wrong answers; your file has the reference's
-# signatures): they pass on the untouched stubs, so they do not count as a start.
-SELF_CHECK = re.compile(r"test_grader_catches|test_learner_file_mirrors_the_reference")
+# Tests that check the grader itself (it fails planted wrong answers; its premise holds in vLLM;
+# your file has the reference's signatures): they pass on the untouched stubs, so they do not
+# count as a start.
+SELF_CHECK = re.compile(r"test_grader_|test_learner_file_mirrors_the_reference")
 
 
 # --- the pytest plugin side (runs inside the graders' pytest process) ---------------------------

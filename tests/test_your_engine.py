@@ -169,6 +169,8 @@ def test_classification() -> None:
     assert progress.classify([self_check, outcome("test_a", True), stub]).label == "failed (2 of 3 tests pass)"
     assert progress.classify([self_check, outcome("test_a", False)]).label == "failed (1 of 2 tests pass)"
     assert progress.classify([]).label == "no tests ran"
+    premise = outcome("test_grader_premise_the_counts_hold_in_vllm", True)  # checks vLLM, not the learner
+    assert progress.classify([premise, stub]).label == "not started"
 
 
 def _lab2_is_untouched() -> bool:

@@ -85,7 +85,7 @@ def test_tokens_lost_to_preemption_match_vllms_scheduler(impl: Any) -> None:
     check_tokens_lost(impl)
 
 
-def test_the_recompute_tax_is_what_was_scheduled_beyond_the_need() -> None:
+def test_grader_premise_the_recompute_tax_is_what_was_scheduled_beyond_the_need() -> None:
     """vLLM's count at preemption time equals all scheduled minus what the requests needed (Lab 3's tax)."""
     for index, (lens, outs, _) in enumerate(STORMS):
         run = storm(index)
