@@ -3,17 +3,20 @@ committed clean; what a notebook claims is asserted, not only printed."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
+from queue import Empty
 
 import nbformat
 import psutil
 import pytest
 
-from labs.core.notebooks import NOTEBOOKS_DIR, ExecutedNotebook, execute_notebook
+from labs.core.notebooks import NOTEBOOKS_DIR, ExecutedNotebook, execute_notebook, sliced_get_msg
 
 from .conftest import NOTEBOOK_CELLS_PROPERTY
 
@@ -133,3 +136,37 @@ def test_notebook_runs_on_another_architecture(name: str, tmp_path_factory: pyte
     found = problems(name, result.text_outputs())
     assert not found, found
     print(f"{name} on {ANY_MODEL}: {result.seconds:.0f} s")
+
+
+class MissedWakeUpChannel:
+    """A kernel channel whose poll misses the wake-up: a message that arrives during a poll is only
+    seen when that poll times out (its final zero-time check), as with an edge-triggered ZeroMQ fd."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict] = []
+
+    async def get_msg(self, timeout: float | None = None) -> dict:
+        if not self.messages:
+            await asyncio.sleep(3600 if timeout is None else timeout)
+            if not self.messages:
+                raise Empty
+        return self.messages.pop(0)
+
+
+def test_a_missed_wake_up_costs_one_poll_slice_not_the_cell_timeout() -> None:
+    async def scenario() -> tuple[dict, float, float]:
+        channel = MissedWakeUpChannel()
+        get_msg = sliced_get_msg(channel.get_msg, slice_s=0.05)
+        start = time.monotonic()
+        asyncio.get_running_loop().call_later(0.1, channel.messages.append, {"msg_type": "execute_reply"})
+        msg = await get_msg(timeout=600)  # nbclient's cell timeout
+        got_after = time.monotonic() - start
+        start = time.monotonic()
+        with pytest.raises(Empty):  # the caller's timeout still holds
+            await get_msg(timeout=0.3)
+        return msg, got_after, time.monotonic() - start
+
+    msg, got_after, gave_up_after = asyncio.run(scenario())
+    assert msg == {"msg_type": "execute_reply"}
+    assert got_after < 5, f"the message waited {got_after:.1f} s"
+    assert 0.3 <= gave_up_after < 5

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from queue import Empty
+from typing import Any
 
 import nbformat
 from nbclient import NotebookClient
@@ -49,6 +52,45 @@ class ExecutedNotebook:
         return rows
 
 
+POLL_SLICE_S = 5.0  # the longest a missed wake-up can hold a run (see SlicedPollClient)
+
+
+def sliced_get_msg(get_msg: Callable[..., Awaitable[dict[str, Any]]],
+                   slice_s: float = POLL_SLICE_S) -> Callable[..., Awaitable[dict[str, Any]]]:
+    """`get_msg(timeout)` of a kernel channel, polled in slices of at most `slice_s` seconds.
+
+    Why: a channel waits for its ZeroMQ socket's file descriptor to wake the event loop, and that
+    wake-up is edge-triggered; when it is missed, the message sits in the socket until the poll's
+    timeout, whose final zero-time poll finds it. nbclient polls the shell channel with the whole
+    cell timeout, so one missed wake-up holds a notebook for that timeout (600 s) between two cells,
+    the kernel idle, and then the run goes on as if nothing happened (the cells' `execution`
+    timestamps in the executed notebook show the gap). Slices bound the loss to `slice_s`; the
+    caller's own timeout still holds.
+    """
+    async def get_msg_in_slices(timeout: float | None = None) -> dict[str, Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            wait_s = slice_s if remaining is None else min(slice_s, remaining)
+            try:
+                return await get_msg(timeout=wait_s)
+            except Empty:
+                if remaining is not None and remaining <= slice_s:
+                    raise
+
+    return get_msg_in_slices
+
+
+class SlicedPollClient(NotebookClient):
+    """nbclient's client with its kernel channels polled in slices (see `sliced_get_msg`)."""
+
+    async def async_start_new_kernel_client(self) -> Any:
+        kc = await super().async_start_new_kernel_client()
+        for channel in (kc.shell_channel, kc.iopub_channel):
+            channel.get_msg = sliced_get_msg(channel.get_msg)
+        return kc
+
+
 def execute_notebook(path: Path, out_dir: Path | None = None, timeout_per_cell: int = 600,
                      env: dict[str, str] | None = None) -> ExecutedNotebook:
     """Run every cell of `path` with the notebook's folder as working directory.
@@ -64,7 +106,7 @@ def execute_notebook(path: Path, out_dir: Path | None = None, timeout_per_cell: 
         nbclient.exceptions.CellExecutionError: a cell failed (the message shows which and why).
     """
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=timeout_per_cell, kernel_name="python3",
+    client = SlicedPollClient(nb, timeout=timeout_per_cell, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
     start = time.monotonic()
     try:
