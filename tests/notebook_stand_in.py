@@ -6,8 +6,9 @@ that is killed; the test runner's own environment and life must not take part.
 
     python -m tests.notebook_stand_in own LOG_DIR NAME
         `serve.owned_server`, then one line `SERVER {json}`; exits cleanly when stdin closes.
-    python -m tests.notebook_stand_in child-env ENV_FILE
-        `SERVER {json}` with the `child_env()` that `python -m labs.core.serve start-bg` computes here.
+    python -m tests.notebook_stand_in child-env ENV_FILE [EXECUTOR]
+        `SERVER {json}` with the `child_env()` that `python -m labs.core.serve start-bg [--executor EXECUTOR]`
+        computes here.
 
 The JSON always holds `child_env`: what this process's config says the server's environment is.
 """
@@ -39,7 +40,8 @@ def main(argv: list[str]) -> int:
         sys.stdin.read()  # until the test closes our stdin (a clean exit) or kills us
         return 0
     if command == "child-env":
-        _report(child_env=serve.build_config(TEST_MODEL, env_file=Path(argv[1])).child_env())
+        executor = argv[2] if len(argv) > 2 else None
+        _report(child_env=serve.build_config(TEST_MODEL, env_file=Path(argv[1]), executor=executor).child_env())
         return 0
     raise SystemExit(f"unknown command {command!r}")
 

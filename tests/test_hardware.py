@@ -13,7 +13,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `dap_client`, whatever pytest's import mode
 from dap_client import consecutive_free_ports  # noqa: E402
 from labs.core.errors import WorkbookError
-from labs.core.engine_settings import cpu_threads_bind, engine_settings, in_process_num_threads
+from labs.core.engine_settings import (cpu_threads_bind, engine_settings, in_process_num_threads, server_executor,
+                                      server_num_threads)
 from labs.core.hardware import Hardware, UnsupportedHardwareError, parse_cpu_list, detect_hardware
 
 
@@ -129,6 +130,57 @@ def test_an_in_process_engine_gets_as_many_threads_as_its_cores(
     num_threads, reason = in_process_num_threads(_hw(num_cpu_cores=8, numa_node_cpu_ids={0: list(range(8))}))
     assert num_threads == expected
     assert f"{expected} OpenMP thread(s)" in reason
+
+
+def _set_env(monkeypatch: pytest.MonkeyPatch, **values: str | None) -> None:
+    for name, value in values.items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+
+
+@pytest.mark.parametrize(("device", "tp", "executor", "flag", "env"), [
+    ("cpu", 1, None, "uni", {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": "7"}),  # the model in the engine core
+    ("cpu", 1, "mp", "mp", {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}),  # Lab 10: a worker process of its own
+    ("cpu", 2, None, None, {}),  # TP: vLLM starts a worker per rank and binds them
+    ("cuda", 1, None, None, {}),  # a GPU: vLLM's own choice (uni for TP=1), nothing CPU-only
+    ("cuda", 1, "mp", "mp", {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}),
+    ("cuda", 1, "uni", "uni", {}),
+])
+def test_a_server_runs_its_model_where_the_hardware_and_the_lab_need_it(
+        device: str, tp: int, executor: str | None, flag: str | None, env: dict[str, str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    _set_env(monkeypatch, VLLM_CPU_OMP_THREADS_BIND=None, OMP_NUM_THREADS=None, WORKBOOK_DEBUG_VLLM_WORKERS=None)
+    layout = server_executor(_hw(device=device, num_cpu_cores=8, numa_node_cpu_ids={0: list(range(8))}), tp, executor)
+    assert layout.engine_kwargs.get("distributed_executor_backend") == flag
+    assert layout.env == env
+    assert bool(layout.reasons) == (flag is not None)
+
+
+def test_a_server_refuses_a_layout_it_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="tensor_parallel_size > 1"):
+        server_executor(_hw(), 2, "uni")
+    with pytest.raises(ValueError, match="'ray'"):
+        server_executor(_hw(), 1, "ray")
+    # A debugger per vLLM worker needs worker processes: the hardware's choice steps aside.
+    monkeypatch.setenv("WORKBOOK_DEBUG_VLLM_WORKERS", "1")
+    assert server_executor(_hw(), 1).env == {}
+
+
+@pytest.mark.parametrize(("bind", "omp_num_threads", "num_cores", "expected"), [
+    (None, None, 8, 7),  # every core but the API server's
+    (None, None, 2, 1),
+    (None, None, 1, 1),  # one core: the engine still computes
+    ("2-4", None, 8, 3),  # a binding (a pytest worker's, or the learner's): one thread per core of it
+    ("auto", "4", 8, 4),  # the learner's OMP_NUM_THREADS
+])
+def test_a_cpu_servers_engine_core_leaves_the_api_server_a_core(
+        bind: str | None, omp_num_threads: str | None, num_cores: int, expected: int,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    _set_env(monkeypatch, VLLM_CPU_OMP_THREADS_BIND=bind, OMP_NUM_THREADS=omp_num_threads)
+    num_threads, reason = server_num_threads(_hw(num_cpu_cores=num_cores, numa_node_cpu_ids={0: list(range(num_cores))}))
+    assert num_threads == expected and reason
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])

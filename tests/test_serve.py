@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `serve_support`, whatever pytest's import mode
@@ -88,6 +89,29 @@ def test_start_bg_is_healthy_and_recorded(server: LiveServer) -> None:
         "the API server and its engine core should share the recorded process group"
     if record.tmux_session:
         assert subprocess.run(["tmux", "has-session", "-t", f"={record.tmux_session}"]).returncode == 0
+
+
+@pytest.mark.server
+def test_a_cpu_server_runs_its_model_in_the_engine_core(server: LiveServer) -> None:
+    """Two processes, as on one GPU (engine_settings.server_executor says why): no worker process to
+    busy-wait for, one vLLM import fewer at start, and the engine core's OpenMP pool sized to leave
+    the API server a core. Lab 10's server asks for the worker process (its own tests)."""
+    from labs.core.engine_settings import server_num_threads
+    from labs.core.hardware import detect_hardware
+
+    hw = detect_hardware()
+    if hw.device != "cpu":
+        pytest.skip("a GPU server keeps vLLM's own layout")
+    record = read_record(server.log_dir)
+    titles = {p.pid: " ".join(p.cmdline()) for p in group_members(record.pgid)}
+    assert not [t for t in titles.values() if "VLLM::Worker" in t], titles
+    assert [t for t in titles.values() if t.startswith("VLLM::EngineCore")], titles
+    # The engine core is spawned with the API server's environment (its own /proc environ is
+    # overwritten by its process title).
+    environ = psutil.Process(record.pid).environ()
+    assert environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    assert environ["OMP_NUM_THREADS"] == str(server_num_threads(hw)[0])
+    assert "--distributed-executor-backend uni" in titles[record.pid]
 
 
 @pytest.mark.server

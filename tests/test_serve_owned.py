@@ -81,6 +81,16 @@ def assert_tmux_server_env_is(pid: int, child_env: dict[str, str], tmux_tmpdir: 
         {k: v for k, v in child_env.items() if k not in TMUX_SETS}
 
 
+def kernel_settings_in(pid: int, child_env: dict[str, str]) -> dict[str, str]:
+    """The kernel's own settings found in a server's environment where its starter decided otherwise.
+
+    Why not "none of them": the workbook's CPU server sets VLLM_ENABLE_V1_MULTIPROCESSING=0 itself
+    (the model in the engine core); what must never happen is the kernel's value winning.
+    """
+    actual = process_environ(pid)
+    return {k: v for k, v in NOTEBOOK_ONLY.items() if actual.get(k) == v and child_env.get(k) != v}
+
+
 def assert_log_has_start_up_lines(log_dir: Path, port: int) -> None:
     log = Path(read_record(log_dir).log_path).read_text(errors="replace")
     assert f"Starting vLLM server on http://127.0.0.1:{port}" in log, "vLLM's INFO start-up lines are missing"
@@ -136,7 +146,7 @@ def test_owned_server_is_reused_and_stops_when_its_last_owner_is_killed(private_
         record = read_record(log_dir)
         assert report["owned"] and not report["reused"] and report["pid"] == record.pid
         assert_tmux_server_env_is(record.pid, report["child_env"], private_tmux)
-        assert not set(NOTEBOOK_ONLY) & set(process_environ(record.pid)), "the kernel's settings reached vLLM"
+        assert not kernel_settings_in(record.pid, report["child_env"]), "the kernel's settings reached vLLM"
         assert_log_has_start_up_lines(log_dir, record.port)
 
         second, second_lines = start_stand_in("own", str(log_dir), "vllm-test-owned", env=notebook_env(private_tmux))
@@ -231,17 +241,19 @@ def test_start_bg_and_owned_servers_work_in_either_order(private_tmux: Path, tmp
         tmux_server_pid = int(subprocess.run(["tmux", "display-message", "-p", "#{pid}"], capture_output=True,
                                              text=True, check=True).stdout)
         assert process_environ(tmux_server_pid)["VLLM_LOGGING_LEVEL"] == "WARNING", "the set-up to reproduce"
+        # --executor mp: a worker process, so the kernel's VLLM_ENABLE_V1_MULTIPROCESSING=0 would show if it leaked.
         cli = run_cli("start-bg", "--model", TEST_MODEL, "--port", str(cli_port), "--name", f"vllm-test-cli-{cli_port}",
-                      *cli_args, timeout_s=START_TIMEOUT_S + 60, env=clean_env(private_tmux))
+                      "--executor", "mp", *cli_args, timeout_s=START_TIMEOUT_S + 60, env=clean_env(private_tmux))
         assert cli.returncode == 0, cli.stdout[-3000:] + cli.stderr[-3000:]
-        expected = subprocess.run([*STAND_IN, "child-env", str(env_file)], cwd=REPO_ROOT,
+        expected = subprocess.run([*STAND_IN, "child-env", str(env_file), "mp"], cwd=REPO_ROOT,
                                   env=clean_env(private_tmux), capture_output=True, text=True, timeout=120)
         cli_env = json.loads(expected.stdout.split("SERVER ", 1)[1])["child_env"]
-        assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in cli_env, "the starter's env was clean"
+        assert cli_env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1" and "VLLM_LOGGING_LEVEL" not in cli_env
         assert cli_env["VLLM_API_KEY"] == API_KEY
         cli_record = read_record(cli_log_dir)
-        leaked_env = {k: v for k, v in process_environ(cli_record.pid).items() if k in NOTEBOOK_ONLY}
+        leaked_env = kernel_settings_in(cli_record.pid, cli_env)
         assert not leaked_env, f"the tmux server's environment reached vLLM: {leaked_env}"
+        assert any("VLLM::Worker" in " ".join(_cmdline(p)) for p in group_members(cli_record.pgid)), "--executor mp"
         assert_tmux_server_env_is(cli_record.pid, cli_env, private_tmux)
         assert_log_has_start_up_lines(cli_log_dir, cli_port)
         leaked = [p.pid for p in psutil.process_iter() if API_KEY in " ".join(_cmdline(p))]

@@ -85,6 +85,69 @@ def in_process_num_threads(hw: Hardware) -> tuple[int, str]:
                          "(set VLLM_CPU_OMP_THREADS_BIND, e.g. 0-3, to give it fewer).")
 
 
+SERVER_EXECUTORS = ("uni", "mp")  # vLLM's `distributed_executor_backend` names for TP=1
+
+
+def server_executor(hw: Hardware, tensor_parallel_size: int = 1, executor: str | None = None) -> EngineSettings:
+    """Where a server's model runner computes: inside the engine core ("uni") or in a worker process ("mp").
+
+    Why the workbook decides this on a CPU: vLLM's CPU platform turns TP=1's in-process `uni`
+    executor into `mp` so that it can bind the worker's OpenMP threads, which gives a CPU server
+    three processes (API server, engine core, worker) where one GPU has two. On a CPU with few
+    cores the engine core then busy-waits for its worker on the core the API server needs, and
+    every start imports vLLM once more (~6 s on 2 cores). `python -m labs.core.bench.server_modes`
+    measures both layouts side by side (figures in labs/core/serve/SERVING.md): with the runner in
+    the engine core and one core left to the API server, throughput was as high or higher and a
+    start ~6 s shorter. So a CPU server with TP=1 runs the model in its engine core, as on one GPU,
+    with `VLLM_ENABLE_V1_MULTIPROCESSING=0` (the CPU platform keeps `uni` only then) and
+    `OMP_NUM_THREADS` sized here (vLLM binds only the workers it starts).
+
+    Args:
+        hw: from `detect_hardware()`.
+        tensor_parallel_size: workers; with more than one, vLLM starts worker processes anyway.
+        executor: "uni", "mp" (Lab 10's failures and a debugger per worker need worker processes),
+            or None: "uni" for a CPU server with TP=1, vLLM's own choice otherwise.
+
+    Returns:
+        Settings to add to the server's: the executor flag when asked for, its environment, why.
+    """
+    if executor not in (None, *SERVER_EXECUTORS):
+        raise ValueError(f"executor={executor!r}: use one of {SERVER_EXECUTORS} or None (decided by the hardware)")
+    if tensor_parallel_size > 1 and executor == "uni":
+        raise ValueError("executor='uni' runs one model runner: it cannot serve tensor_parallel_size > 1")
+    if executor is None:
+        if hw.device != "cpu" or tensor_parallel_size > 1 or debugging_workers():
+            return EngineSettings({}, {}, [])  # vLLM's own layout (GPU: uni for TP=1); debuggers attach to workers
+        executor = "uni"
+    kwargs: dict[str, object] = {"distributed_executor_backend": executor}
+    if executor == "mp":
+        return EngineSettings(kwargs, {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}, [
+            "Executor mp: the model runs in a worker process of its own (API server, engine core, worker)."])
+    if hw.device != "cpu":
+        return EngineSettings(kwargs, {}, ["Executor uni: the model runs inside the engine core process."])
+    num_threads, why = server_num_threads(hw)
+    return EngineSettings(kwargs, {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": str(num_threads)}, [
+        f"Executor uni: the model runs inside the engine core process, as on one GPU (2 processes, not 3), "
+        f"with {num_threads} OpenMP thread(s): {why}"])
+
+
+def server_num_threads(hw: Hardware) -> tuple[int, str]:
+    """OpenMP threads for a CPU server's engine core that runs the model itself, and why.
+
+    Returns:
+        (threads, reason): one per core of rank 0's `VLLM_CPU_OMP_THREADS_BIND` when set, else
+        `OMP_NUM_THREADS` when set, else every core but one (the API server's, which streams the
+        tokens; vLLM's own binding also reserves a core for the processes besides its workers).
+    """
+    bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto")
+    if bind not in ("auto", "nobind", ""):
+        return len(parse_cpu_list(bind.split("|")[0])), f"one per core of VLLM_CPU_OMP_THREADS_BIND={bind}."
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return int(os.environ["OMP_NUM_THREADS"]), "OMP_NUM_THREADS, as you set it."
+    num_cores = sum(len(ids) for ids in hw.numa_node_cpu_ids.values())
+    return max(1, num_cores - 1), f"{num_cores} core(s), one left to the API server."
+
+
 def check_kv_cache_dtype(hw: Hardware, kv_cache_dtype: str) -> None:
     """Refuse an fp8 KV cache where vLLM's CPU backend cannot run it, before the engine crashes."""
     if not kv_cache_dtype.startswith("fp8") or hw.device == "cuda":

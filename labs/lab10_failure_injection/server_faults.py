@@ -165,8 +165,10 @@ def _owned_fault_server(log_dir: Path, pause_armed: bool, echo: Any) -> OwnedSer
     echo("Injected into the server's environment: "
          + " ".join(f"{k}={v}" for k, v in overrides.items() if v is not None))
     with environ_set(overrides):  # the server's environment is ours plus its settings (config.child_env)
+        # executor="mp" on every machine: the lab's faults are a worker process's (paused, killed),
+        # and the engine core's wait for it (MultiprocExecutor) is what the lab reads.
         owned = owned_server("vllm-lab10", log_dir=log_dir, extra_args=("--max-num-seqs", str(MAX_NUM_SEQS)),
-                             timeout_s=600, echo=echo)
+                             executor="mp", timeout_s=600, echo=echo)
     if owned.reused:
         owned.stop(echo)  # lets go of it; it is not ours to stop
         raise ServeError(f"A server is already running from {log_dir}: stop it first: {stop_command(log_dir)}")

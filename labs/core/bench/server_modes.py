@@ -1,12 +1,14 @@
 """Which process layout should the workbook's server use on a CPU with few cores? Measure, side by side.
 
 vLLM's CPU server runs, by default, three processes: the API server, the engine core, and a worker
-(the CPU platform turns TP=1's in-process `uni` executor into `mp`). On 2 cores the engine core
-busy-waits on its worker during a step and the API server is left ~0.12 CPU-s per second, so
-streamed tokens arrive in bursts and the client's TTFT is not the engine's. With
-`VLLM_ENABLE_V1_MULTIPROCESSING=0` the engine core and its worker run inside the API server process.
+(the CPU platform turns TP=1's in-process `uni` executor into `mp`, to bind the worker's threads).
+On 2 cores the engine core busy-waits on its worker during a step and the API server is left
+~0.12 CPU-s per second, so streamed tokens arrive in bursts and the client's TTFT is not the
+engine's. With the `uni` executor (`VLLM_ENABLE_V1_MULTIPROCESSING=0` keeps it on a CPU) the model
+runs inside the engine core process, as it does on one GPU: two processes. The API server always
+has an engine core process of its own: vLLM's async client has no in-process mode.
 
-This script starts one server per layout, both at once on their own ports, and benchmarks them
+This script starts one server per layout, all at once on their own ports, and benchmarks them
 alternately (A, B, A, B, ...), so that a busy moment of the machine weighs on both: output tokens
 per second, and the client's mean TTFT against the server's own (its `/metrics` histogram's mean,
 which is exact). It prints every run and the medians; the ratios are the result, not the absolutes.
@@ -17,6 +19,7 @@ which is exact). It prints every run and the medians; the ratios are the result,
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -26,14 +29,14 @@ from pathlib import Path
 from labs.core import bench, serve
 
 TTFT_HISTOGRAM = "vllm:time_to_first_token_seconds"
-# The layouts compared: name -> what the server's environment adds.
-# The in-process engine gets no thread binding from vLLM (only its worker processes do): by default
-# it computes with one OpenMP thread per core, beside the API server's event loop; the third layout
-# leaves that loop a core (labs.core.engine_settings.in_process_num_threads explains the rule).
-LAYOUTS: dict[str, dict[str, str]] = {
-    "separate processes (vLLM's default)": {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"},
-    "engine in the API server (VLLM_ENABLE_V1_MULTIPROCESSING=0)": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"},
-    "engine in the API server, 1 OpenMP thread": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": "1"},
+# The layouts compared: name -> (the executor, what the server's environment adds). An engine core
+# that runs the model itself gets no thread binding from vLLM (only the workers it starts do):
+# `engine_settings.server_executor` sizes its OpenMP pool to leave the API server a core (the
+# workbook's default on a CPU); the third layout shows what that sizing is worth.
+LAYOUTS: dict[str, tuple[str, dict[str, str]]] = {
+    "worker process (executor mp, vLLM's CPU default)": ("mp", {}),
+    "model in the engine core (executor uni, the workbook's CPU default)": ("uni", {}),
+    "model in the engine core, one OpenMP thread per core": ("uni", {"OMP_NUM_THREADS": str(len(os.sched_getaffinity(0)))}),
 }
 
 
@@ -78,10 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     log_root = Path(tempfile.mkdtemp(prefix="server-modes-"))
     urls: dict[str, str] = {}
     try:
-        for i, (name, env) in enumerate(LAYOUTS.items()):
+        for i, (name, (executor, env)) in enumerate(LAYOUTS.items()):
             port = serve.find_free_port()
             config = serve.build_config(args.model, port=port, log_dir=log_root / f"layout{i}",
-                                        session_name=f"server-modes-{port}")
+                                        session_name=f"server-modes-{port}", executor=executor)
             serve.start_background(replace(config, engine_env={**config.engine_env, **env}), use_tmux=False)
             urls[name] = config.url
         rows: dict[str, list[dict[str, float]]] = {name: [] for name in LAYOUTS}

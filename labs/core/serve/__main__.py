@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     starting.add_argument("--debug", action="store_true", default=None,
                           help="DEBUG logs from vLLM and transformers, and request logging (also: DEBUG=1)")
     starting.add_argument("--log-requests", action="store_true", help="log every request (--enable-log-requests)")
+    starting.add_argument("--executor", choices=("uni", "mp"),
+                          help="uni: the model runs in the engine core process; mp: in a worker process of its own "
+                               "(default: uni on a CPU with TP=1, vLLM's choice on a GPU)")
     asking = argparse.ArgumentParser(add_help=False)
     asking.add_argument("--url", help="server URL (default: the recorded server, else VLLM_BASE_URL, else :8000)")
     asking.add_argument("--host", default="127.0.0.1")
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                               host=args.host or (previous.host if previous else None),
                               port=args.port or (previous.port if previous else None), max_model_len=args.max_model_len,
                               log_dir=args.log_dir, session_name=args.name, env_file=args.env_file, debug=args.debug,
-                              log_requests=args.log_requests, extra_args=tuple(vllm_args))
+                              log_requests=args.log_requests, extra_args=tuple(vllm_args), executor=args.executor)
         if args.command == "start":
             return start_foreground(config, timeout_s=args.timeout)
         if args.command == "restart":

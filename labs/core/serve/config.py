@@ -190,10 +190,7 @@ class ServerConfig:
         env = {key: value for key, value in os.environ.items() if key not in self.unset_env}
         # A notebook or test that made an in-process engine (make_llm) exported
         # VLLM_ENABLE_V1_MULTIPROCESSING=0 for its own reasons; the server's process layout is decided
-        # by its engine settings (engine_env), never inherited by accident. vLLM's default layout
-        # (separate engine-core and worker processes) is kept on CPUs: Labs 6 and 10 are about its
-        # processes; `python -m labs.core.bench.server_modes` measures the layouts side by side
-        # (figures in labs/core/serve/SERVING.md).
+        # by its executor (engine_env, from engine_settings.server_executor), never inherited by accident.
         env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
         env |= self.env_overrides()
         if self.api_key:
@@ -217,7 +214,7 @@ def build_config(model: str | None = None, *, served_model_name: str | None = No
                  port: int | None = None, max_model_len: int | None = None, log_dir: Path | None = None,
                  session_name: str | None = None, env_file: Path = DEFAULT_ENV_FILE, debug: bool | None = None,
                  log_requests: bool = False, extra_args: tuple[str, ...] = (),
-                 unset_env: tuple[str, ...] = ()) -> ServerConfig:
+                 unset_env: tuple[str, ...] = (), executor: str | None = None) -> ServerConfig:
     """Decide what to run: resolve the model, plan the engine for this hardware, read the settings.
 
     Args:
@@ -234,13 +231,18 @@ def build_config(model: str | None = None, *, served_model_name: str | None = No
         log_requests: log each request in the server log.
         extra_args: more vLLM flags, passed last.
         unset_env: variables of this process the server must not inherit.
+        executor: "uni" (the model runs in the engine core process), "mp" (in a worker process of
+            its own), or None: decided by `labs.core.engine_settings.server_executor` ("uni" on a
+            CPU with TP=1, vLLM's own choice on a GPU).
 
     Returns:
         The config; nothing has started.
     """
     from labs.core.engine import DEFAULT_MAX_MODEL_LEN, plan_run  # imports torch: only when starting
+    from labs.core.engine_settings import server_executor
 
     run = plan_run(model or env_setting("VLLM_MODEL", env_file))
+    layout = server_executor(run.hardware, int(run.settings.engine_kwargs.get("tensor_parallel_size", 1)), executor)
     if port is None:
         port = url_port(default_url(env_file))
     if debug is None:
@@ -252,8 +254,8 @@ def build_config(model: str | None = None, *, served_model_name: str | None = No
         host=host or DEFAULT_HOST,
         port=port,
         max_model_len=max_model_len or DEFAULT_MAX_MODEL_LEN,
-        engine_args=tuple(engine_flags(run.settings.engine_kwargs)),
-        engine_env=dict(run.settings.env),
+        engine_args=tuple(engine_flags(run.settings.engine_kwargs | layout.engine_kwargs)),
+        engine_env=run.settings.env | layout.env,
         log_dir=log_dir or DEFAULT_LOG_DIR,
         session_name=session_name or DEFAULT_SESSION_NAME,
         api_key=env_setting(API_KEY_ENV, env_file),
@@ -262,7 +264,7 @@ def build_config(model: str | None = None, *, served_model_name: str | None = No
         extra_args=tuple(extra_args),
         unset_env=tuple(unset_env),
         reasons=(f"Model: {run.model.path} ({run.model.reason})", f"Hardware: {run.hardware.describe()}",
-                 *run.settings.reasons),
+                 *run.settings.reasons, *layout.reasons),
     )
 
 

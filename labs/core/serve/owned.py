@@ -179,11 +179,11 @@ def _join(log_dir: Path, me: owners.Proc) -> tuple[ServerRecord, bool] | None:
 
 
 def _start(name: str, log_dir: Path, me: owners.Proc, model: str | None, debug: bool | None, env_file: Path,
-           timeout_s: float, echo: Echo, extra_args: tuple[str, ...] = ()) -> OwnedServer:
+           timeout_s: float, echo: Echo, extra_args: tuple[str, ...] = (), executor: str | None = None) -> OwnedServer:
     """Under the lock: start a server owned by `me`, its watchdog first (an owner may die mid-start)."""
     port = health.find_free_port()
     config = build_config(model, port=port, log_dir=log_dir, session_name=f"{name}-{port}", debug=debug,
-                          env_file=env_file, unset_env=KERNEL_ONLY_ENV, extra_args=extra_args)
+                          env_file=env_file, unset_env=KERNEL_ONLY_ENV, extra_args=extra_args, executor=executor)
     state = owners.Ownership(config.session_name, port, [me])
     owners.write(log_dir, state)
     state.watchdog = _spawn_watchdog(log_dir)
@@ -206,7 +206,7 @@ def _start(name: str, log_dir: Path, me: owners.Proc, model: str | None, debug: 
 
 def owned_server(name: str, *, log_dir: Path, model: str | None = None, debug: bool | None = None,
                  env_file: Path = DEFAULT_ENV_FILE, timeout_s: float = 600.0, echo: Echo = print,
-                 extra_args: tuple[str, ...] = ()) -> OwnedServer:
+                 extra_args: tuple[str, ...] = (), executor: str | None = None) -> OwnedServer:
     """The workbook's server for this process: the folder's running one, else a new one, owned.
 
     Use it as a context manager (`with owned_server(...) as server:`) to stop it when the block
@@ -224,6 +224,8 @@ def owned_server(name: str, *, log_dir: Path, model: str | None = None, debug: b
         echo: where progress messages go.
         extra_args: more vLLM flags for a server this call starts (Lab 9: `--enable-lora --lora-modules
             english=PATH ...`); a running server in `log_dir` is reused as it was started.
+        executor: "uni" or "mp" for a server this call starts (Lab 10: "mp", its failures are a
+            worker process's); None: the hardware decides (`engine_settings.server_executor`).
 
     Returns:
         The running server; `.owned` is False only for a server in `log_dir` that was started
@@ -238,7 +240,7 @@ def owned_server(name: str, *, log_dir: Path, model: str | None = None, debug: b
     with owners.locked(log_dir):
         joined = _join(log_dir, me)
         if joined is None:
-            return _start(name, log_dir, me, model, debug, env_file, timeout_s, echo, tuple(extra_args))
+            return _start(name, log_dir, me, model, debug, env_file, timeout_s, echo, tuple(extra_args), executor)
     record, owned = joined
     url = url_for(record.host, record.port)
     api_key = env_setting(API_KEY_ENV, env_file)
