@@ -1,5 +1,8 @@
 """What tests/test_lab6_profiling.py and tests/test_lab6_profiling_predictions.py share: one profiled run.
 
+One per pytest process (`profiled_run`): both modules read the same run, and tests/workers.py puts
+them in one group, so a session profiles once.
+
 The profiler needs an engine built with `profiler_config`, so the run happens in a fresh process
 (tests/fresh_process.py says why): 3 prompts (20, 23 and 26 tokens), a warm-up that is not
 profiled, then one profiled `generate` of 4 output tokens each (`ignore_eos`).
@@ -15,6 +18,7 @@ from tests.fresh_process import record_in_fresh_process
 
 NUM_PROMPTS = 3
 MAX_TOKENS = 4
+_profiled: dict[str, Any] = {}  # this process's run, once made (read-only for the tests)
 
 
 def record_profile(out_path: str, trace_dir: str) -> None:
@@ -39,3 +43,10 @@ def profile_in_fresh_process(trace_dir: Path) -> dict[str, Any]:
     """The profiled run, its trace in `trace_dir`: trace_path, num_prompt_tokens, top_ops, vllm_table, trace_dir."""
     out_path = trace_dir.with_name(f"{trace_dir.name}-record.json")  # beside the traces, not among them
     return {**record_in_fresh_process(record_profile, out_path, str(trace_dir)), "trace_dir": trace_dir}
+
+
+def profiled_run(tmp_path_factory: Any) -> dict[str, Any]:
+    """This process's profiled run (`profile_in_fresh_process`), made on first use in its own temp folder."""
+    if not _profiled:
+        _profiled.update(profile_in_fresh_process(tmp_path_factory.mktemp("profiles")))
+    return _profiled

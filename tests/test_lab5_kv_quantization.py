@@ -4,10 +4,6 @@ real vLLM with an fp8 KV cache (or the explained skip where the hardware cannot 
 from __future__ import annotations
 
 import dataclasses
-import json
-import subprocess
-import sys
-import textwrap
 from typing import Any
 
 import pytest
@@ -28,6 +24,7 @@ from labs.lab5_kv_quantization.measure import (
 from labs.lab5_kv_quantization.quantize import SCHEMES, dequantize, get_scheme, quantize_with_scheme, scale_from_amax
 from labs.core.mini.attention import AttentionMetadata
 from labs.core.mini.llm import LLM
+from tests.kv_quantization_support import kv_dtype_runs
 
 TARGET_BYTES_RATIO = 0.53  # KV bytes vs bf16, scales included
 TARGET_TOP1 = 0.99
@@ -158,21 +155,10 @@ def test_fp8_skip_is_explained_without_avx512(monkeypatch: pytest.MonkeyPatch) -
 
 @pytest.mark.engine
 def test_real_vllm_fp8_kv_cache_doubles_capacity_and_keeps_answers() -> None:
-    """Each KV dtype in its own engine, one after another, in a fresh process."""
+    """Each KV dtype in its own engine, one after another, in a fresh process (tests/kv_quantization_support.py)."""
     if vllm_fp8.unsupported_reason("fp8"):
         pytest.skip(vllm_fp8.unsupported_reason("fp8"))
-    script = textwrap.dedent("""
-        import json, os
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-        from labs.lab5_kv_quantization.measure import phrasebook_messages
-        from labs.lab5_kv_quantization.vllm_fp8 import run_vllm_kv_dtype
-        runs = [run_vllm_kv_dtype(d, phrasebook_messages(), "tiny-phrasebook") for d in ("auto", "fp8", "fp8_e5m2")]
-        print("RESULT", json.dumps([r.__dict__ for r in runs]))
-    """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=400)
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-    assert proc.returncode == 0 and line, proc.stderr[-3000:]
-    auto, fp8, e5m2 = (vllm_fp8.VllmKVRun(**d) for d in json.loads(line[len("RESULT "):]))
+    auto, fp8, e5m2 = kv_dtype_runs()
     for run in (fp8, e5m2):
         assert run.bytes_per_token * 2 == auto.bytes_per_token, (run.kv_cache_dtype, run.bytes_per_token)
         assert 1.9 <= run.capacity_tokens / auto.capacity_tokens <= 2.1, (run.num_blocks, auto.num_blocks)

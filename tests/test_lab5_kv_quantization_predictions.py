@@ -1,9 +1,9 @@
 """Lab 5's prediction checks: fp8 KV bytes per token and capacity read from real vLLM engines are right,
 and a wrong guess is called wrong.
 
-The bf16 ("auto") engine is the session's (`llm` in tests/conftest.py: tiny-phrasebook, inspectable,
-the same KV space as every engine here); the fp8 engine runs in a fresh process, since two engines
-cannot live in one. The expectations are independent: bytes from the config.json arithmetic (K and V,
+The bf16 ("auto") and fp8 engines are the ones tests/test_lab5_kv_quantization.py checks too, made
+once (tests/kv_quantization_support.py: a fresh process, the same KV space for both). The
+expectations are independent: bytes from the config.json arithmetic (K and V,
 1 byte each), capacity from the bf16 engine's bytes per token.
 """
 
@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from labs.core.predict import NO_PREDICTION
-from labs.lab5_kv_quantization import predictions, vllm_fp8
+from labs.lab5_kv_quantization import predictions
 from labs.lab5_kv_quantization.vllm_fp8 import VllmKVRun
+from tests.kv_quantization_support import kv_dtype_runs
 
 pytestmark = pytest.mark.engine
 
@@ -33,25 +30,10 @@ def config_bytes_per_token(model_path: Path, bytes_per_value: int) -> int:
 
 
 @pytest.fixture(scope="module")
-def runs(llm: Any) -> list[VllmKVRun]:
-    """[auto: the session's engine, fp8: a fresh engine in a subprocess (or skipped, with the reason)]."""
-    from labs.core import vllm_internals as vi
-
-    snap = vi.kv_cache_snapshot(llm)
-    auto = VllmKVRun("auto", None, snap.num_blocks, snap.block_size, vi.kv_cache_bytes_per_token(llm))
-    if vllm_fp8.unsupported_reason("fp8"):
-        return [auto, VllmKVRun("fp8", skipped=vllm_fp8.unsupported_reason("fp8"))]
-    script = textwrap.dedent("""
-        import json, os
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-        from labs.lab5_kv_quantization.measure import phrasebook_messages
-        from labs.lab5_kv_quantization.vllm_fp8 import run_vllm_kv_dtype
-        print("RESULT", json.dumps(run_vllm_kv_dtype("fp8", phrasebook_messages()[:1], "tiny-phrasebook").__dict__))
-    """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-    assert proc.returncode == 0 and line, proc.stderr[-3000:]
-    return [auto, VllmKVRun(**json.loads(line[len("RESULT "):]))]
+def runs() -> list[VllmKVRun]:
+    """[auto, fp8] from real engines (tests/kv_quantization_support.py; fp8 skipped, with the reason, where
+    the hardware cannot run it)."""
+    return kv_dtype_runs()[:2]
 
 
 def test_fp8_bytes_per_token_come_from_the_engine(runs: list[VllmKVRun], model_path: Path) -> None:

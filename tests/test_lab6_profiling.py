@@ -15,12 +15,12 @@ import pytest
 
 from labs.lab6_profiling import profiling as prof
 from labs.core import vllm_internals as vi
-from tests.profiling_support import profile_in_fresh_process
+from tests.profiling_support import profiled_run
 
 
 @pytest.fixture(scope="module")
 def profiled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return profile_in_fresh_process(tmp_path_factory.mktemp("profiles"))
+    return profiled_run(tmp_path_factory)
 
 
 @pytest.mark.engine

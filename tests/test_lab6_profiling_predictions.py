@@ -18,12 +18,12 @@ import pytest
 from labs.core.predict import NO_PREDICTION
 from labs.lab6_profiling import predictions
 from labs.lab6_profiling import profiling as prof
-from tests.profiling_support import profile_in_fresh_process  # 3 prompts, 4 output tokens each, ignore_eos
+from tests.profiling_support import profiled_run  # 3 prompts, 4 output tokens each, ignore_eos
 
 
 @pytest.fixture(scope="module")
 def trace_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return Path(profile_in_fresh_process(tmp_path_factory.mktemp("profiles"))["trace_path"])
+    return Path(profiled_run(tmp_path_factory)["trace_path"])
 
 
 @pytest.mark.engine

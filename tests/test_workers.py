@@ -45,6 +45,9 @@ def test_groups_from_node_ids() -> None:
     assert group_of("tests/test_notebooks.py::test_lab1_shows_live_engine_values") == "notebook-01_basic_inference.ipynb"
     assert group_of("tests/test_ipdb.py::test_x") == group_of("tests/test_lab4_tensor_parallel_debug_ports.py::test_y") == "debuggers"
     assert group_of("tests/exercises/test_lab2_kv_cache.py::test_z[a::b]") == "tests/exercises/test_lab2_kv_cache.py"
+    assert group_of("tests/exercises/test_lab4_tensor_parallel.py::test_w") == "debuggers", "shares vLLM's cached TP=2 run"
+    assert group_of("tests/exercises/test_lab9_multi_lora.py::test_v") == "tests/exercises/test_lab9_multi_lora.py"
+    assert group_of("tests/test_lab6_profiling.py::test_u") == group_of("tests/test_lab6_profiling_predictions.py::test_t")
 
 
 def test_a_notebooks_tests_share_one_group(request: pytest.FixtureRequest) -> None:

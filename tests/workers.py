@@ -18,7 +18,9 @@ apart just as well (tests/bench_in_process_threads.py: 1.1x the time of one engi
 Why groups (`pytest_xdist_make_scheduler` below): a test module's module- and session-scoped fixtures (an engine, a
 recorded run) are set up once per worker that runs any of its tests, so every module goes to one
 worker whole; the notebook tests are one group per notebook (its first run, its rerun and its run
-on another model share the working copy); the tests that drive debuggers share a group.
+on another model share the working copy); the tests that drive debuggers share a group, and so do
+modules that read one run made once per process (vLLM's TP=2 run, `run_tp_in_subprocess`, joins
+the debuggers' group; Lab 6's profiled run, Lab 5's KV dtype runs): one engine per session instead of one per module.
 
 Tests that need every core (tensor parallelism: one core per rank) carry the `all_cores` mark, on
 the module (`pytestmark`) or on the test: the worker's binding is lifted for them, so the
@@ -40,8 +42,15 @@ from labs.core.environ import environ_set
 BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
 WORKER_BIND_ENV = "WORKBOOK_TEST_WORKER_BIND"  # this worker's binding, kept while a TP test lifts it
 MAX_WORKERS = 4  # each worker may hold an engine and a server (~3 GiB): memory, not cores, bounds more
-DEBUGGER_MODULES = ("test_debugpy_session.py", "test_ipdb.py", "test_lab4_tensor_parallel_debug_ports.py",
-                    "test_lab4_tensor_parallel.py", "test_lab2_paged_attention_browser.py")
+DEBUGGER_MODULES = ("tests/test_debugpy_session.py", "tests/test_ipdb.py", "tests/test_lab4_tensor_parallel_debug_ports.py",
+                    "tests/test_lab4_tensor_parallel.py", "tests/test_lab2_paged_attention_browser.py")
+TP_RUN_MODULES = ("tests/test_lab4_tensor_parallel.py", "tests/test_lab4_tensor_parallel_predictions.py",
+                  "tests/exercises/test_lab4_tensor_parallel.py")  # each reads run_tp_in_subprocess(2)
+# Modules that read one run made once per process (a fresh process's engine: ~12 s) share a group.
+SHARED_RUN_GROUPS = {
+    "lab6-profiled-run": ("tests/test_lab6_profiling.py", "tests/test_lab6_profiling_predictions.py"),  # profiled_run
+    "lab5-kv-dtype-runs": ("tests/test_lab5_kv_quantization.py", "tests/test_lab5_kv_quantization_predictions.py"),
+}
 ALL_CORES_NOTEBOOKS = ("04_tensor_parallel.ipynb",)  # TP=2: a core per rank
 HEAVY_MARKS = ("engine", "server", "notebook", "debugger", "browser")  # pyproject.toml's markers: seconds to minutes
 HEAVY_FIXTURES = {"llm", "vllm_server", "hf_model"}  # conftest's shared engine, server, reference model
@@ -108,7 +117,7 @@ def _on_every_core() -> contextlib.AbstractContextManager[None]:
 
 
 def group_of(nodeid: str) -> str:
-    """The group a test runs in, from its node id: its notebook, the debuggers' group, or its module."""
+    """The group a test runs in, from its node id: its notebook, the debuggers' and TP run's group, or its module."""
     path, _, name = nodeid.partition("::")
     file = path.rsplit("/", 1)[-1]
     if file == "test_notebooks.py":
@@ -116,9 +125,10 @@ def group_of(nodeid: str) -> str:
         if "lab1" in name:
             return "notebook-01_basic_inference.ipynb"  # reads the executed notebook 01
         return f"notebook-{found.group(1) if found else name}"
-    if file in DEBUGGER_MODULES:
+    path = path.removeprefix("./")
+    if path in DEBUGGER_MODULES + TP_RUN_MODULES:
         return "debuggers"
-    return path
+    return next((group for group, modules in SHARED_RUN_GROUPS.items() if path in modules), path)
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
