@@ -80,7 +80,7 @@ demo: setup
 
 # -n auto: one pytest worker per core (at most 4), a module or notebook per worker at a time (tests/workers.py).
 test: setup
-	@bash tests/install_browser.sh $(PY)
+	@bash tests/install_browser.sh --background $(PY)
 	$(PY) -m pytest tests -n auto
 
 lab: setup

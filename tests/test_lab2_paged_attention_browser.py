@@ -38,6 +38,9 @@ pytestmark = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
 INSTALL_CMD = "bash tests/install_browser.sh"
+BACKGROUND_INSTALL_LOG = Path(__file__).resolve().parents[1] / "logs" / "browser-install.log"  # `make test`'s
+BACKGROUND_INSTALL_EXIT = BACKGROUND_INSTALL_LOG.with_suffix(".exit")  # written when that install ends
+BACKGROUND_INSTALL_WAIT_S = 900  # apt-get of Chromium and its libraries on a slow mirror, beside the tests
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 NOTEBOOK = "02_paged_attention.ipynb"
@@ -58,12 +61,59 @@ def _can_install_chromium() -> bool:
     return os.geteuid() == 0 and shutil.which("apt-get") is not None
 
 
+def wait_for_background_install(log: Path = BACKGROUND_INSTALL_LOG, exit_file: Path = BACKGROUND_INSTALL_EXIT,
+                                timeout_s: float = BACKGROUND_INSTALL_WAIT_S) -> str | None:
+    """Wait for `make test`'s background install of Chromium, if one is running; None when none was
+    started or it succeeded, else why it did not (its exit status and the log's last lines)."""
+    if not log.exists():
+        return None
+    deadline = time.monotonic() + timeout_s
+    while not exit_file.exists():
+        if time.monotonic() > deadline:
+            return f"the background install ({log}) did not end within {timeout_s:.0f} s"
+        time.sleep(1)
+    status = exit_file.read_text().strip()
+    if status == "0":
+        return None
+    return f"the background install failed (exit {status}); {log} ends:\n" + "\n".join(log.read_text().splitlines()[-15:])
+
+
+@pytest.mark.parametrize("apt_get_exit", [0, 100])
+def test_make_tests_background_install_is_waited_for_and_its_failure_named(apt_get_exit: int, tmp_path: Path) -> None:
+    """`install_browser.sh --background` returns at once; the test waits for the install's end and
+    names a failure with its log. apt-get is a stand-in here (a fresh machine's real install is CI's)."""
+    if not _can_install_chromium():
+        pytest.skip("the script installs only as root with apt-get")
+    fake_bin, chromium, logs = tmp_path / "bin", tmp_path / "chromium", tmp_path / "logs"
+    fake_bin.mkdir()
+    (fake_bin / "apt-get").write_text(
+        "#!/bin/sh\nsleep 1\n" + (f"[ \"$1\" = install ] && printf '#!/bin/sh\\necho Chromium 1\\n' > {chromium}"
+                                  f" && chmod +x {chromium}\nexit 0\n" if apt_get_exit == 0 else
+                                  "echo 'E: Unable to locate package chromium' >&2\nexit 100\n"))
+    (fake_bin / "apt-get").chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}", "WORKBOOK_CHROMIUM": str(chromium),
+           "WORKBOOK_BROWSER_LOG_DIR": str(logs)}
+    started = time.monotonic()
+    done = subprocess.run(["bash", "tests/install_browser.sh", "--background", sys.executable],
+                          cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "in the background" in done.stdout, done.stdout + done.stderr
+    assert time.monotonic() - started < 1 + 0.9, "the install must not hold make test"
+    failed = wait_for_background_install(logs / "browser-install.log", logs / "browser-install.exit", timeout_s=60)
+    if apt_get_exit == 0:
+        assert failed is None and chromium.exists()
+    else:
+        assert failed and "(exit 1)" in failed and "Unable to locate package chromium" in failed, failed
+    assert wait_for_background_install(tmp_path / "none.log", tmp_path / "none.exit") is None, "no install: no wait"
+
+
 def _require_browser() -> None:
     """Fail when the browser is missing but installable (CI must not skip silently); skip otherwise."""
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
         pytest.fail(f"Playwright for Python is missing: it is in pyproject's `test` extra; run `{INSTALL_CMD}`")
+    if not CHROMIUM.exists() and (failed := wait_for_background_install()):
+        pytest.fail(failed)
     if not CHROMIUM.exists():
         if _can_install_chromium():
             pytest.fail(f"{CHROMIUM} is missing; run `{INSTALL_CMD}` (apt-get install -y chromium)")
