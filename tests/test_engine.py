@@ -109,6 +109,7 @@ def test_free_llm_releases_the_engine_so_a_second_one_starts() -> None:
         gc.collect()
         assert kv_ref() is None, "KV cache tensor still alive after free_llm"
         assert model_ref() is None, "model still alive after free_llm"
+        assert gc.get_freeze_count() == 0, "make_llm froze the heap; the engine's shutdown must unfreeze it"
         llm2 = make_llm("tiny-phrasebook", verbose=False)
         second = llm2.generate(["hello"], SamplingParams(temperature=0, max_tokens=5), use_tqdm=False)
         assert first[0].outputs[0].token_ids == second[0].outputs[0].token_ids

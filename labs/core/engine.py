@@ -123,6 +123,12 @@ def make_llm(model: str | None = None, *, block_size: int | None = None, kv_cach
 
     quiet_vllm_logs()  # vLLM's handlers exist once it is imported
     kwargs = {**run.settings.engine_kwargs, "max_model_len": max_model_len, **engine_kwargs}
+    if os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0":
+        # The engine core is built here, and it freezes the garbage collector's heap at its start
+        # with three full collections over every object the imports made (~0.4 s each on 2 cores).
+        # Frozen first, those collections are quick: an engine starts ~1 s sooner. Nothing is held
+        # longer than the engine: vLLM's shutdown unfreezes the heap (EngineCore.shutdown).
+        gc.freeze()
     llm = LLM(model=run.model.path, **kwargs)
     _live_engines.add(llm)
     llm.workbook_run_info = run
