@@ -245,21 +245,3 @@ def test_an_engine_starts_in_a_process_that_imported_numba() -> None:
     assert unguarded.returncode != 0 and "'_lib_fn_wrapper' object has no attribute 'get'" in unguarded.stderr, (
         "vLLM no longer trips on llvmlite: drop guard_kernel_override_scan and its plugin entry\n"
         + unguarded.stderr[-2000:])
-
-
-def test_every_vllm_process_freezes_its_startup_heap() -> None:
-    """The workbook's general plugin is registered and loaded the way vLLM loads plugins in each of its
-    processes: the heap is frozen after it (labs.core.vllm_internals.runtime.freeze_startup_heap)."""
-    import os
-
-    script = ("import gc\n"
-              "from vllm.plugins import load_general_plugins\n"
-              "before = gc.get_freeze_count()\n"
-              "load_general_plugins()\n"
-              "print('FROZEN', before, gc.get_freeze_count())\n")
-    env = {k: v for k, v in os.environ.items() if k != "VLLM_PLUGINS"}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
-    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("FROZEN ")), "")
-    assert line, done.stdout[-2000:] + done.stderr[-2000:]
-    before, after = map(int, line.split()[1:])
-    assert before == 0 and after > 100_000, line  # the imports' objects: vLLM, torch, transformers

@@ -4,9 +4,9 @@ Why a module: `labs.core.engine` starts and frees several engines in one process
 kernel, a test session). Doing that cleanly needs three internal reaches, written here once:
 vLLM's cached view of `os.environ` must be dropped before the next engine reads it, the engine
 core must be shut down, and vLLM's process-wide distributed state must be torn down. The labs
-also pick a request's `RequestOutputKind`, which vLLM does not export from its top level. And two
-general plugins every vLLM process loads: a workaround (`guard_kernel_override_scan`: engines must
-start in processes that imported numba) and a start-up saving (`freeze_startup_heap`).
+also pick a request's `RequestOutputKind`, which vLLM does not export from its top level. And one
+workaround every vLLM process needs (`guard_kernel_override_scan`, a general plugin): engines must
+start in processes that imported numba.
 """
 
 from __future__ import annotations
@@ -121,20 +121,3 @@ def guard_kernel_override_scan() -> None:
 
     register_triton_kernel_overrides._workbook_guarded = True  # type: ignore[attr-defined]
     platform_cls.register_triton_kernel_overrides = classmethod(register_triton_kernel_overrides)
-
-
-def freeze_startup_heap() -> None:
-    """Freeze the garbage collector's heap when a vLLM process loads its general plugins.
-
-    Registered as a vLLM general plugin (pyproject.toml), so it runs in every vLLM process (API
-    server, engine core, worker) once its imports are done. Why: each of those processes collects
-    in full while it starts (vLLM's `freeze_gc_heap` runs three full collections before freezing;
-    loading and profiling the model runs more), and every full collection walks all the objects
-    the imports made (~0.4 s each on 2 cores). Frozen first, they walk only what came after: a
-    server started in 14.3 s instead of 15.6 (2 cores, 4 starts each; `make_llm` does the same for
-    an engine in its own process).
-    vLLM unfreezes the heap when an engine shuts down, so an in-process engine holds nothing longer.
-    """
-    import gc
-
-    gc.freeze()
