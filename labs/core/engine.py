@@ -126,8 +126,9 @@ def make_llm(model: str | None = None, *, block_size: int | None = None, kv_cach
     if os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0":
         # The engine core is built here, and it freezes the garbage collector's heap at its start
         # with three full collections over every object the imports made (~0.4 s each on 2 cores).
-        # Frozen first, those collections are quick: an engine starts ~1 s sooner. Nothing is held
-        # longer than the engine: vLLM's shutdown unfreezes the heap (EngineCore.shutdown).
+        # Frozen first, those collections are quick: an engine starts ~1 s sooner. Only where vLLM
+        # freezes moments later anyway (freezing a process vLLM does not, such as the caller of a
+        # multiprocess engine, kept its exit from finishing); its shutdown unfreezes the heap.
         gc.freeze()
     llm = LLM(model=run.model.path, **kwargs)
     _live_engines.add(llm)
