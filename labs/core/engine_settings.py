@@ -72,17 +72,25 @@ def in_process_num_threads(hw: Hardware) -> tuple[int, str]:
         (threads, reason): one thread per core of rank 0's binding when one is set, else
         `OMP_NUM_THREADS`, else one per core this process may use.
     """
-    bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto")
-    if bind not in ("auto", "nobind", ""):
-        num_threads = len(parse_cpu_list(bind.split("|")[0]))
-        return num_threads, (f"Engine in this process: {num_threads} OpenMP thread(s), one per core of "
-                             f"VLLM_CPU_OMP_THREADS_BIND={bind} (vLLM binds only the worker processes it starts).")
-    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        num_threads = int(os.environ["OMP_NUM_THREADS"])
-        return num_threads, f"Engine in this process: {num_threads} OpenMP thread(s) (OMP_NUM_THREADS)."
+    chosen = _chosen_num_threads()
+    if chosen is not None:
+        num_threads, source = chosen
+        return num_threads, (f"Engine in this process: {num_threads} OpenMP thread(s), {source} "
+                             "(vLLM binds only the worker processes it starts).")
     num_threads = sum(len(ids) for ids in hw.numa_node_cpu_ids.values())
     return num_threads, (f"Engine in this process: {num_threads} OpenMP thread(s), one per core it may use "
                          "(set VLLM_CPU_OMP_THREADS_BIND, e.g. 0-3, to give it fewer).")
+
+
+def _chosen_num_threads() -> tuple[int, str] | None:
+    """(threads, where from) when the user or a test worker chose them: one per core of rank 0's
+    `VLLM_CPU_OMP_THREADS_BIND`, else `OMP_NUM_THREADS`; None when nobody did."""
+    bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto")
+    if bind not in ("auto", "nobind", ""):
+        return len(parse_cpu_list(bind.split("|")[0])), f"one per core of VLLM_CPU_OMP_THREADS_BIND={bind}"
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return int(os.environ["OMP_NUM_THREADS"]), "as OMP_NUM_THREADS says"
+    return None
 
 
 SERVER_EXECUTORS = ("uni", "mp")  # vLLM's `distributed_executor_backend` names for TP=1
@@ -139,11 +147,9 @@ def server_num_threads(hw: Hardware) -> tuple[int, str]:
         `OMP_NUM_THREADS` when set, else every core but one (the API server's, which streams the
         tokens; vLLM's own binding also reserves a core for the processes besides its workers).
     """
-    bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto")
-    if bind not in ("auto", "nobind", ""):
-        return len(parse_cpu_list(bind.split("|")[0])), f"one per core of VLLM_CPU_OMP_THREADS_BIND={bind}."
-    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        return int(os.environ["OMP_NUM_THREADS"]), "OMP_NUM_THREADS, as you set it."
+    chosen = _chosen_num_threads()
+    if chosen is not None:
+        return chosen[0], chosen[1] + "."
     num_cores = sum(len(ids) for ids in hw.numa_node_cpu_ids.values())
     return max(1, num_cores - 1), f"{num_cores} core(s), one left to the API server."
 
