@@ -106,8 +106,8 @@ def server_executor(hw: Hardware, tensor_parallel_size: int = 1, executor: str |
     every start imports vLLM once more (~6 s on 2 cores). `python -m labs.core.bench.server_modes`
     measures both layouts side by side (figures in labs/core/serve/SERVING.md): with the runner in
     the engine core and one core left to the API server, throughput was the same within noise and a
-    start ~5 s shorter (19 s against 14 s). So a CPU server with TP=1 runs the model in its engine core, as on one GPU,
-    with `VLLM_ENABLE_V1_MULTIPROCESSING=0` (the CPU platform keeps `uni` only then) and
+    start ~5 s shorter (19 s against 14 s). So a CPU server with TP=1 runs the model in its
+    engine core, as on one GPU, with `VLLM_ENABLE_V1_MULTIPROCESSING=0` (the CPU platform keeps `uni` only then) and
     `OMP_NUM_THREADS` sized here (vLLM binds only the workers it starts).
 
     Args:
