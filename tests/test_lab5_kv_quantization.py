@@ -15,6 +15,8 @@ from labs.lab5_kv_quantization import vllm_fp8
 from labs.lab5_kv_quantization.cache import QuantizedPagedAttention
 from labs.lab5_kv_quantization.calibrate import calibrate
 from labs.lab5_kv_quantization.measure import (
+    calibration_messages,
+    evaluation_messages,
     greedy_answers,
     measure_schemes,
     phrasebook_messages,
@@ -24,6 +26,8 @@ from labs.lab5_kv_quantization.measure import (
 from labs.lab5_kv_quantization.quantize import SCHEMES, dequantize, get_scheme, quantize_with_scheme, scale_from_amax
 from labs.core.mini.attention import AttentionMetadata
 from labs.core.mini.llm import LLM
+from labs.core.model_traits import model_traits
+from labs.core.models import resolve_model
 from tests.kv_quantization_support import kv_dtype_runs
 
 TARGET_BYTES_RATIO = 0.53  # KV bytes vs bf16, scales included
@@ -115,6 +119,16 @@ def test_calibration_amax_is_the_largest_kv_the_model_writes() -> None:
         torch.testing.assert_close(amax.key[layer_idx], inputs.key.abs().amax(dim=(0, 2)).float(), rtol=0.02, atol=0)
         torch.testing.assert_close(amax.value[layer_idx], inputs.value.abs().amax(dim=(0, 2)).float(), rtol=0.02, atol=0)
     assert amax.num_tokens == sum(len(tokens) for tokens in written)
+
+
+def test_only_the_phrasebook_model_answers_every_prompt_and_every_model_calibrates_alike() -> None:
+    """tiny-phrasebook's exact match is judged on all 320 answers; another model's is shown on a sample."""
+    everything = phrasebook_messages()
+    assert evaluation_messages(model_traits(resolve_model("tiny-phrasebook").path)) == everything
+    sample = evaluation_messages(model_traits(resolve_model("tiny-llama").path))
+    assert len(sample) == 64 and all(chat in everything for chat in sample)
+    assert len({str(chat) for chat in sample}) == 64, "a sample of distinct prompts"
+    assert len(calibration_messages()) == 32 and all(chat in sample for chat in calibration_messages())
 
 
 @pytest.fixture(scope="module")
