@@ -8,6 +8,11 @@ start `my_debug_scripts/step1_basic_inference.py` under debugpy the way VS Code'
 breakpoint in vLLM's `Scheduler.schedule`, and wait for the stop; then `make test` (the CI
 command). It prints the time to each milestone since the clone began, next to its target.
 
+Which figure the `make test` target applies to: CI runs `make test` on a fresh clone, which sets
+up and then tests, without a demo or a debugger first. So that target is judged on the set-up's
+time plus `make test`'s own time ("make test as CI runs it"); the minute the demo and the debugger
+stop took before it is printed as well ("make test finished", since the clone), not judged.
+
 Why a script and not a test: these are wall-clock figures of a whole machine, noisy and minutes
 long; a person runs this and reads the figures (the issue tracker keeps them), CI does not.
 """
@@ -31,7 +36,8 @@ from dap_client import DAPClient, free_port, kill_tree  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # Targets from issue 10, in seconds since the clone began.
-TARGETS_S = {"make demo finished": 300, "stopped in Scheduler.schedule": 330, "make test finished": 900}
+CI_TEST = "make test as CI runs it (set-up + make test, no demo before it)"
+TARGETS_S = {"make demo finished": 300, "stopped in Scheduler.schedule": 330, CI_TEST: 900}
 
 
 class Milestones:
@@ -41,8 +47,9 @@ class Milestones:
         self.start = time.monotonic()
         self.reached: dict[str, float] = {}
 
-    def mark(self, name: str) -> None:
-        seconds = self.reached[name] = time.monotonic() - self.start
+    def mark(self, name: str, seconds: float | None = None) -> None:
+        """Print milestone `name`, reached now or after `seconds` of work (a sum of stages, not a moment)."""
+        seconds = self.reached[name] = time.monotonic() - self.start if seconds is None else seconds
         target = TARGETS_S.get(name)
         verdict = "" if target is None else f"  (target <= {target / 60:.1f} min: {'met' if seconds <= target else 'MISSED'})"
         print(f"[first-run] {seconds / 60:5.1f} min  {name}{verdict}", flush=True)
@@ -127,12 +134,18 @@ def main() -> int:
     try:
         run(["git", "clone", "-q", str(REPO), str(clone)], work, logs / "clone.log")
         # The clone's shared/ neighbour (../shared) is not needed: nothing here reads it.
+        # `make demo` sets up first; run apart, the set-up's time is known (what CI spends before its tests).
+        run(["make", "setup"], clone, logs / "make-setup.log", milestones)
+        milestones.mark("set-up finished")
         run(["make", "demo"], clone, logs / "make-demo.log", milestones)
         milestones.mark("make demo finished")
         stop_in_scheduler(clone, milestones, logs / "debugpy.log")
         if not args.skip_test:
+            test_started = time.monotonic()
             run(["make", "test"], clone, logs / "make-test.log")
             milestones.mark("make test finished")
+            milestones.mark(CI_TEST,
+                            milestones.reached["set-up finished"] + time.monotonic() - test_started)
     finally:
         if args.keep:
             print(f"[first-run] kept {work}")
