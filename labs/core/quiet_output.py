@@ -30,6 +30,8 @@ UNACTIONABLE: tuple[tuple[str, str], ...] = (
     (r"is not found in LD_PRELOAD", "tcmalloc/libiomp: measured +3-5% here, not worth a dependency"),
     (r"doesn't allow to use `torch\.set_num_threads` after the thread binding", "vLLM's own threads are bound already"),
     (r"Passing raw prompts to InputProcessor is deprecated", "from the workbook's step-by-step tracing, not yours"),
+    (r"Kernel \S+ is already registered\. Overwriting", "vLLM registers its kernel overrides again for each engine of a process"),
+    (r"Unknown vLLM environment variable detected: VLLM_DIST_IDENT", "set by vLLM's own CPU worker for the engine before"),
 )
 _PATTERN = re.compile("|".join(f"(?:{p})" for p, _ in UNACTIONABLE))
 TRUTHY = frozenset({"1", "true", "yes", "on"})
@@ -68,16 +70,22 @@ def quiet_vllm_logs() -> bool:
 
     Why a logging filter here and a line filter in `run_filtered`: an engine inside a notebook
     kernel logs through vLLM's own handlers in this process, so the filter goes on those handlers
-    (a filter on the `vllm` logger itself would miss records of its child loggers).
+    (a filter on the `vllm` logger itself would miss records of its child loggers), and stays on
+    them when vLLM replaces them at an engine's start (`keep_vllm_handler_filter`). Python's
+    warning about `torch.distributed.reduce_op`, which vLLM's import triggers, is left out too.
 
     Returns:
         Whether a filter is in place (False with `DEBUG=1`).
     """
     if debug_requested():
         return False
-    for handler in logging.getLogger("vllm").handlers:
-        if not any(isinstance(f, UnactionableLogFilter) for f in handler.filters):
-            handler.addFilter(UnactionableLogFilter())
+    import warnings
+
+    from labs.core.vllm_internals.runtime import keep_vllm_handler_filter
+
+    # vLLM 0.32's own use of torch.distributed triggers this; nothing a learner can change.
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.reduce_op` is deprecated", category=FutureWarning)
+    keep_vllm_handler_filter(UnactionableLogFilter)
     return True
 
 

@@ -19,7 +19,8 @@ pins in pyproject.toml), then port the modules, one concern each:
     server_args   the OpenAI API server's module (what `python -m` runs) and its own argument parser
     bench         vLLM's serving benchmark (`vllm bench serve`) as a fresh process's argv
     runtime       env cache, engine shutdown, distributed teardown, RequestOutputKind; the plugin that
-                  lets engines start after numba was imported (a 0.32.0 bug)
+                  lets engines start after numba was imported (a 0.32.0 bug); a log filter that stays
+                  on vLLM's handlers when an engine start re-configures them
 One module per later lab, imported from the module itself (`from labs.core.vllm_internals.spec_decode
 import record_spec_steps`), not re-exported here, so this package's names stay the engine's:
     spec_decode        Lab 7: the scheduler's draft tokens per step, the drafter, vLLM's n-gram

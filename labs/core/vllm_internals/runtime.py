@@ -4,13 +4,15 @@ Why a module: `labs.core.engine` starts and frees several engines in one process
 kernel, a test session). Doing that cleanly needs three internal reaches, written here once:
 vLLM's cached view of `os.environ` must be dropped before the next engine reads it, the engine
 core must be shut down, and vLLM's process-wide distributed state must be torn down. The labs
-also pick a request's `RequestOutputKind`, which vLLM does not export from its top level. And one
+also pick a request's `RequestOutputKind`, which vLLM does not export from its top level. One
 workaround every vLLM process needs (`guard_kernel_override_scan`, a general plugin): engines must
-start in processes that imported numba.
+start in processes that imported numba. And a log filter must outlive vLLM's re-configuration of
+its logging at every engine start (`keep_vllm_handler_filter`).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from labs.core.vllm_internals.version import check_vllm_version
@@ -121,3 +123,43 @@ def guard_kernel_override_scan() -> None:
 
     register_triton_kernel_overrides._workbook_guarded = True  # type: ignore[attr-defined]
     platform_cls.register_triton_kernel_overrides = classmethod(register_triton_kernel_overrides)
+
+
+
+# Filter types kept on vLLM's handlers in this process; process-wide, as the handlers are.
+_KEPT_FILTER_TYPES: list[type[logging.Filter]] = []
+
+
+def keep_vllm_handler_filter(filter_type: type[logging.Filter]) -> None:
+    """Put a `filter_type()` on vLLM's log handlers now and again each time vLLM configures its logging.
+
+    Why: vLLM 0.32 applies its logging `dictConfig` again whenever an engine's `LoggingConfig`
+    differs from the last one applied (`LLM.__init__` -> `configure_logging_if_needed`), and
+    `dictConfig` replaces the `vllm` logger's handlers: a filter put on the old handlers is gone
+    before the engine logs its start-up lines. vLLM's `configure_logging` calls
+    `vllm.logger._configure_vllm_root_logger`, so that call is wrapped to put the filter back.
+    Idempotent: the wrapper goes on once, and a handler gets one filter of each type.
+
+    Args:
+        filter_type: a `logging.Filter` subclass that takes no arguments.
+    """
+    import vllm.logger
+
+    if filter_type not in _KEPT_FILTER_TYPES:
+        _KEPT_FILTER_TYPES.append(filter_type)
+    configure = vllm.logger._configure_vllm_root_logger
+    if not getattr(configure, "_workbook_refilters", False):
+        def configure_then_refilter(*args: Any, **kwargs: Any) -> None:
+            configure(*args, **kwargs)
+            _add_kept_filters()
+
+        configure_then_refilter._workbook_refilters = True  # type: ignore[attr-defined]
+        vllm.logger._configure_vllm_root_logger = configure_then_refilter
+    _add_kept_filters()
+
+
+def _add_kept_filters() -> None:
+    for handler in logging.getLogger("vllm").handlers:
+        for filter_type in _KEPT_FILTER_TYPES:
+            if not any(isinstance(f, filter_type) for f in handler.filters):
+                handler.addFilter(filter_type())
