@@ -50,13 +50,10 @@ def run_demo() -> int:
     """The demo itself: one engine, four answers, then one request traced step by step."""
     # vLLM's INFO start-up log is useful when debugging, but buries the demo's output.
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    from labs.core.quiet_output import debug_requested
+    from labs.core.quiet_output import debug_requested, quiet_vllm_warnings
 
     if not debug_requested():
-        import warnings
-
-        # vLLM 0.32's own import of torch.distributed triggers this; nothing a learner can change.
-        warnings.filterwarnings("ignore", message=r"`torch\.distributed\.reduce_op` is deprecated", category=FutureWarning)
+        quiet_vllm_warnings()
     from vllm import SamplingParams
 
     from labs.lab1_basic_inference.inference import engine_facts, render_chat, trace_request

@@ -79,14 +79,20 @@ def quiet_vllm_logs() -> bool:
     """
     if debug_requested():
         return False
-    import warnings
-
     from labs.core.vllm_internals.runtime import keep_vllm_handler_filter
 
-    # vLLM 0.32's own use of torch.distributed triggers this; nothing a learner can change.
-    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.reduce_op` is deprecated", category=FutureWarning)
+    quiet_vllm_warnings()
     keep_vllm_handler_filter(UnactionableLogFilter)
     return True
+
+
+def quiet_vllm_warnings() -> None:
+    """Leave out Python's warning about `torch.distributed.reduce_op`: vLLM 0.32's own import and
+    kernel scan trigger it, and nothing a learner can change does. Call it before importing vLLM
+    to catch the import's."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.reduce_op` is deprecated", category=FutureWarning)
 
 
 def filter_lines(source: IO[str], sink: IO[str]) -> int:
