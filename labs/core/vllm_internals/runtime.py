@@ -125,7 +125,6 @@ def guard_kernel_override_scan() -> None:
     platform_cls.register_triton_kernel_overrides = classmethod(register_triton_kernel_overrides)
 
 
-
 # Filter types kept on vLLM's handlers in this process; process-wide, as the handlers are.
 _KEPT_FILTER_TYPES: list[type[logging.Filter]] = []
 
